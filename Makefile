@@ -1,0 +1,32 @@
+# Two entry points do all set-up on a fresh machine (they create/refresh .venv at the repo root):
+#   make parity  - the main job: the parity table against torch on every device present
+#   make test    - the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: parity test fuzz venv clean
+
+# Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
+# local CPU wheel is used instead of a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+parity: $(STAMP)
+	$(BIN)/jaxsoftmax parity --out parity-report
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+# The long property-based profile (not part of `make test`).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:xdist parity_tests/test_properties.py
+
+clean:
+	rm -rf $(VENV) parity-report

@@ -1,0 +1,26 @@
+"""jaxsoftmax: PyTorch's softmax family for JAX, jitted with custom VJPs, and proven against torch.
+
+The core ops live here in JAX idiom (``axis``, keyword-only options). ``jaxsoftmax.functional``
+mirrors ``torch.nn.functional``; ``jaxsoftmax.nn`` mirrors ``torch.nn`` as Flax NNX modules;
+``jaxsoftmax.parity`` compares any of them with torch.
+"""
+
+from jaxsoftmax._errors import ArgumentError as ArgumentError
+from jaxsoftmax._errors import DTypeError as DTypeError
+from jaxsoftmax._losses import cross_entropy as cross_entropy
+from jaxsoftmax._losses import nll_loss as nll_loss
+from jaxsoftmax._softmax import log_softmax as log_softmax
+from jaxsoftmax._softmax import softmax as softmax
+from jaxsoftmax._softmax import softmin as softmin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "DTypeError",
+    "cross_entropy",
+    "log_softmax",
+    "nll_loss",
+    "softmax",
+    "softmin",
+]

@@ -1,0 +1,142 @@
+"""Trace-time validation shared by the core ops, the torch mirror and the NNX modules.
+
+Every check runs on static information (shapes, dtypes, Python scalars) or on concrete values when
+the caller passes them, so it costs nothing under ``jit`` and never uses ``assert``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsoftmax._errors import ArgumentError, DTypeError
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def is_concrete(x) -> bool:
+  """True when ``x`` holds values we may read now (not an abstract tracer)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str, op: str) -> jax.Array:
+  """Converts ``x`` to a JAX array and checks that it is real floating point."""
+  arr = jnp.asarray(x)
+  if not jnp.issubdtype(arr.dtype, jnp.floating):
+    raise DTypeError(
+        f"{op}: {name} must be a real floating-point array; got dtype {arr.dtype}. "
+        f"Cast it first, e.g. {name}.astype(jnp.float32)."
+    )
+  return arr
+
+
+def compute_dtype(dtype) -> np.dtype:
+  """float16/bfloat16 compute in float32 and round once at the end, as torch does."""
+  dtype = np.dtype(dtype)
+  return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+  """Wraps a possibly negative axis, as torch's ``maybe_wrap_dim`` does (0-d arrays accept 0 and -1)."""
+  if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+    raise TypeError(f"{name} must be an int; got {axis!r} of type {type(axis).__name__}.")
+  axis = int(axis)
+  n = max(ndim, 1)
+  if not -n <= axis < n:
+    raise IndexError(
+        f"{name}={axis} is out of range for an array of rank {ndim} "
+        f"(expected to be in range of [{-n}, {n - 1}])."
+    )
+  return axis % n
+
+
+def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+  """Like :func:`normalize_axis` but also accepts a sequence of axes or None (all axes)."""
+  if axis is None:
+    return tuple(range(max(ndim, 1)))
+  if isinstance(axis, Sequence) and not isinstance(axis, str):
+    axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    if len(set(axes)) != len(axes):
+      raise ValueError(f"{name}={tuple(axis)!r} repeats an axis (rank {ndim}).")
+    if not axes:
+      raise ValueError(f"{name}=() names no axis; pass at least one.")
+    return tuple(sorted(axes))
+  return (normalize_axis(axis, ndim, name),)
+
+
+def check_positive_finite(value, name: str) -> float:
+  """Validates a Python scalar such as a temperature: finite and > 0."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}.")
+  value = float(value)
+  if not math.isfinite(value) or value <= 0.0:
+    raise ValueError(f"{name} must be finite and > 0; got {name}={value!r}.")
+  return value
+
+
+def check_reduction(reduction) -> str:
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"{reduction} is not a valid value for reduction; expected one of {REDUCTIONS}.")
+  return reduction
+
+
+def check_label_smoothing(label_smoothing) -> float:
+  if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+    raise TypeError(
+        f"label_smoothing must be a float in [0, 1]; got {label_smoothing!r} "
+        f"of type {type(label_smoothing).__name__}."
+    )
+  value = float(label_smoothing)
+  if not 0.0 <= value <= 1.0:  # also rejects NaN
+    raise ArgumentError(f"label_smoothing must be between 0.0 and 1.0; got label_smoothing={value!r}.")
+  return value
+
+
+def check_weight(weight, num_classes: int, op: str):
+  """A per-class rescaling weight: floating, shape ``[num_classes]``."""
+  if weight is None:
+    return None
+  weight = jnp.asarray(weight)
+  if not jnp.issubdtype(weight.dtype, jnp.floating):
+    raise DTypeError(f"{op}: weight must be a floating-point array; got dtype {weight.dtype}.")
+  if weight.shape != (num_classes,):
+    raise ArgumentError(
+        f"{op}: weight must have shape ({num_classes},), one entry per class; got shape {weight.shape}."
+    )
+  return weight
+
+
+def check_ignore_index(ignore_index):
+  if ignore_index is None:
+    return None
+  if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+    raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
+  return int(ignore_index)
+
+
+def check_labels_in_range(labels, num_classes: int, ignore_index, op: str) -> None:
+  """Raises IndexError naming the first bad label when ``labels`` is concrete.
+
+  Under ``jit`` the labels are abstract; the ops then give NaN for an out-of-range label (see the
+  contract in docs/errors.md).
+  """
+  if not is_concrete(labels) or labels.size == 0:
+    return
+  values = np.asarray(labels)
+  bad = (values < 0) | (values >= num_classes)
+  if ignore_index is not None:
+    bad &= values != ignore_index
+  if bad.any():
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    allowed = f"0 <= label < {num_classes}"
+    if ignore_index is not None:
+      allowed += f", or ignore_index={ignore_index}"
+    raise IndexError(
+        f"{op}: target {int(values[index])} at index {index} is out of bounds for "
+        f"{num_classes} classes (expected {allowed})."
+    )

@@ -1,0 +1,400 @@
+"""Cross-entropy and negative log-likelihood, with torch's weighting, ignoring and smoothing rules.
+
+For logits ``x`` with classes along ``axis``, ``lsm = log_softmax(x)``, per-class weights ``w``
+(all ones by default), smoothing ``eps`` and ``C`` classes, the per-example losses are
+
+.. math::
+   \\ell_n = (1-\\varepsilon)\\,(-w_{y_n}\\,\\mathrm{lsm}_{n,y_n})
+            + \\tfrac{\\varepsilon}{C} \\textstyle\\sum_c (-w_c\\,\\mathrm{lsm}_{n,c})
+   \\quad\\text{(integer labels)},\\qquad
+   \\ell_n = -\\textstyle\\sum_c w_c\\,t'_{n,c}\\,\\mathrm{lsm}_{n,c},\\;
+   t' = (1-\\varepsilon)\\,t + \\tfrac{\\varepsilon}{C}
+   \\quad\\text{(probabilities)}
+
+Ignored examples contribute 0. ``reduction="mean"`` divides integer-label losses by
+``sum_n w_{y_n}`` over the kept examples (so all-ignored gives NaN, as torch), and
+probability-target losses by the number of examples.
+
+Backward passes are ``jax.custom_vjp`` rules. ``cross_entropy`` keeps the logits (which the caller
+holds anyway) and one row-sized log-sum-exp, and forms
+
+.. math:: \\bar x_{n,c} = G_n\\,(a_n\\,p_{n,c} - b_{n,c}),\\quad p = e^{x - \\mathrm{lse}}
+
+without ever building ``lsm`` or a one-hot matrix in memory. The gradient with respect to ``weight``
+is exact (torch refuses to differentiate it); XLA drops its computation when it is not requested.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsoftmax import _checks
+from jaxsoftmax._errors import ArgumentError, DTypeError
+
+__all__ = ["cross_entropy", "nll_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by both losses. ``labels_k`` is ``labels`` with a size-1 class axis inserted, so
+# everything broadcasts against the logits without moving the class axis (no transposes).
+
+
+def _one_hot(labels_k, shape, axis):
+  return lax.broadcasted_iota(labels_k.dtype, shape, axis) == labels_k
+
+
+def _label_weights(labels, weight, ignore_index, num_classes, ct):
+  """Per-example weight ``w[y_n]``: 0 where ignored, NaN where the label is out of range."""
+  kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+  in_range = (labels >= 0) & (labels < num_classes)
+  if weight is None:
+    w_y = jnp.ones(labels.shape, ct)
+  else:
+    w_y = jnp.take(weight.astype(ct), jnp.clip(labels, 0, max(num_classes - 1, 0)), axis=0)
+  w_y = jnp.where(in_range, w_y, jnp.nan)  # out of range under jit: loud NaN, never a silent 0
+  return jnp.where(kept, w_y, 0.0), kept
+
+
+def _reduce(losses, denominator, reduction):
+  if reduction == "none":
+    return losses
+  total = jnp.sum(losses)
+  return total if reduction == "sum" else total / denominator
+
+
+def _row_cotangent(g, losses_shape, denominator, reduction):
+  """dL/dl_n for each example: g (none), g (sum) or g / denominator (mean), broadcast."""
+  if reduction == "none":
+    return g
+  scale = g if reduction == "sum" else g / denominator
+  return jnp.broadcast_to(scale, losses_shape)
+
+
+def _weight_broadcast(weight, ndim, axis, ct):
+  shape = [1] * ndim
+  shape[axis] = -1
+  return weight.astype(ct).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# cross_entropy with integer labels.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _ce_labels(x, labels, weight, axis, ignore_index, label_smoothing, reduction):
+  return _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction)[0]
+
+
+def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction):
+  ct = _checks.compute_dtype(x.dtype)
+  num_classes = x.shape[axis]
+  xc = x.astype(ct)
+  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
+  lse = m + jnp.log(jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True))
+  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
+  one_hot = _one_hot(jnp.expand_dims(labels, axis), x.shape, axis)
+  picked = jnp.sum(jnp.where(one_hot, xc, 0.0), axis=axis)
+  losses = w_y * (jnp.squeeze(lse, axis) - picked)  # -w[y] * lsm[y]
+  if label_smoothing > 0.0:
+    neg_lsm = lse - xc
+    if weight is not None:
+      neg_lsm = neg_lsm * _weight_broadcast(weight, x.ndim, axis, ct)
+    losses = ((1.0 - label_smoothing) * losses
+              + (label_smoothing / num_classes) * jnp.sum(neg_lsm, axis=axis))
+  losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
+  denominator = jnp.sum(w_y)
+  out = _reduce(losses, denominator, reduction).astype(x.dtype)
+  return out, (x, labels, weight, lse, denominator, out)
+
+
+def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
+  x, labels, weight, lse, denominator, out = res
+  ct = _checks.compute_dtype(x.dtype)
+  num_classes = x.shape[axis]
+  eps = label_smoothing
+  xc = x.astype(ct)
+  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
+  row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
+  row_g = jnp.expand_dims(row_g, axis)
+  one_hot = _one_hot(jnp.expand_dims(labels, axis), x.shape, axis)
+  w_c = 1.0 if weight is None else _weight_broadcast(weight, x.ndim, axis, ct)
+  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
+  # d l_n / d x_c = a_n p_c - b_{n,c}, a_n = (1-eps) w_y + eps/C sum(w), b = (1-eps) w_y [c=y] + eps/C w_c
+  a = jnp.expand_dims((1.0 - eps) * w_y + (eps / num_classes) * total_w, axis)
+  b = jnp.where(one_hot, jnp.expand_dims((1.0 - eps) * w_y, axis), 0.0)
+  if eps > 0.0:
+    b = b + (eps / num_classes) * w_c
+  dx = row_g * (a * jnp.exp(xc - lse) - b)
+  dweight = None
+  if weight is not None:
+    # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
+    neg_lsm = lse - xc
+    per_class = jnp.where(one_hot, (1.0 - eps) * neg_lsm, 0.0)
+    if eps > 0.0:
+      per_class = per_class + (eps / num_classes) * neg_lsm
+    others = tuple(i for i in range(x.ndim) if i != axis)
+    dweight = jnp.sum(row_g * per_class, axis=others)
+    if reduction == "mean":  # the denominator sum_n w[y_n] depends on w too
+      counts = jnp.sum(one_hot & jnp.expand_dims(kept, axis), axis=others).astype(ct)
+      dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
+    dweight = dweight.astype(weight.dtype)
+  return dx.astype(x.dtype), None, dweight
+
+
+_ce_labels.defvjp(_ce_labels_fwd, _ce_labels_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# cross_entropy with class-probability targets.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _ce_probs(x, targets, weight, axis, label_smoothing, reduction):
+  return _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction)[0]
+
+
+def _smoothed(targets, label_smoothing, num_classes, ct):
+  t = targets.astype(ct)
+  if label_smoothing > 0.0:
+    t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return t
+
+
+def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
+  ct = _checks.compute_dtype(x.dtype)
+  num_classes = x.shape[axis]
+  xc = x.astype(ct)
+  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
+  lse = m + jnp.log(jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True))
+  wt = _smoothed(targets, label_smoothing, num_classes, ct)
+  if weight is not None:
+    wt = wt * _weight_broadcast(weight, x.ndim, axis, ct)
+  # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
+  losses = jnp.sum(wt * (lse - xc), axis=axis)
+  rows = x.size // num_classes if num_classes else 0
+  out = _reduce(losses, jnp.asarray(rows, ct), reduction).astype(x.dtype)
+  return out, (x, targets, weight, lse)
+
+
+def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
+  x, targets, weight, lse = res
+  ct = _checks.compute_dtype(x.dtype)
+  num_classes = x.shape[axis]
+  xc = x.astype(ct)
+  rows = x.size // num_classes if num_classes else 0
+  row_g = _row_cotangent(g.astype(ct), lse.shape[:axis] + lse.shape[axis + 1:],
+                         jnp.asarray(rows, ct), reduction)
+  row_g = jnp.expand_dims(row_g, axis)
+  t = _smoothed(targets, label_smoothing, num_classes, ct)
+  w_c = 1.0 if weight is None else _weight_broadcast(weight, x.ndim, axis, ct)
+  wt = t * w_c
+  neg_lsm = lse - xc
+  dx = row_g * (jnp.exp(xc - lse) * jnp.sum(wt, axis=axis, keepdims=True) - wt)
+  dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
+  dweight = None
+  if weight is not None:
+    others = tuple(i for i in range(x.ndim) if i != axis)
+    dweight = jnp.sum(row_g * t * neg_lsm, axis=others).astype(weight.dtype)
+  return dx.astype(x.dtype), dtargets, dweight
+
+
+_ce_probs.defvjp(_ce_probs_fwd, _ce_probs_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# nll_loss: the loss is a gather, its gradient a one-hot; no logits-sized residual at all.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _nll(log_probs, labels, weight, axis, ignore_index, reduction):
+  return _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction)[0]
+
+
+def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction):
+  ct = _checks.compute_dtype(log_probs.dtype)
+  num_classes = log_probs.shape[axis]
+  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
+  index = jnp.expand_dims(jnp.clip(labels, 0, max(num_classes - 1, 0)), axis)
+  if log_probs.size:
+    picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=axis), axis).astype(ct)
+  else:
+    picked = jnp.zeros(labels.shape, ct)
+  losses = jnp.where(kept, -w_y * picked, 0.0)
+  denominator = jnp.sum(w_y)
+  out = _reduce(losses, denominator, reduction).astype(log_probs.dtype)
+  return out, (labels, weight, picked, denominator, out, log_probs.shape, log_probs.dtype)
+
+
+def _nll_bwd(axis, ignore_index, reduction, res, g):
+  labels, weight, picked, denominator, out, shape, dtype = res
+  ct = _checks.compute_dtype(dtype)
+  num_classes = shape[axis]
+  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
+  row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
+  one_hot = _one_hot(jnp.expand_dims(labels, axis), shape, axis)
+  dlog_probs = jnp.where(one_hot, jnp.expand_dims(-w_y * row_g, axis), 0.0).astype(dtype)
+  dweight = None
+  if weight is not None:
+    others = tuple(i for i in range(len(shape)) if i != axis)
+    per_row = jnp.expand_dims(-picked * row_g, axis)
+    dweight = jnp.sum(jnp.where(one_hot, per_row, 0.0), axis=others)
+    if reduction == "mean":
+      counts = jnp.sum(one_hot & jnp.expand_dims(kept, axis), axis=others).astype(ct)
+      dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
+    dweight = dweight.astype(weight.dtype)
+  return dlog_probs, None, dweight
+
+
+_nll.defvjp(_nll_fwd, _nll_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API: validation at trace time, then one jitted call.
+
+
+def _check_labels(logits, labels, axis, op):
+  """Returns True for integer class labels, False for probability targets (same shape as logits)."""
+  labels = jnp.asarray(labels)
+  if jnp.issubdtype(labels.dtype, jnp.integer):
+    expected = logits.shape[:axis] + logits.shape[axis + 1:]
+    if labels.shape != expected:
+      raise ArgumentError(
+          f"{op}: integer labels must have the logits' shape without the class axis {axis}: "
+          f"expected {expected}, got labels of shape {labels.shape} for logits of shape "
+          f"{logits.shape}."
+      )
+    return labels, True
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    if labels.shape != logits.shape:
+      raise ArgumentError(
+          f"{op}: probability targets must have the logits' shape {logits.shape}; got "
+          f"{labels.shape}. (Integer labels select class indices instead.)"
+      )
+    return labels, False
+  raise DTypeError(
+      f"{op}: labels must be integer class indices or floating-point class probabilities; "
+      f"got dtype {labels.dtype}."
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing",
+                                             "reduction", "indices"))
+def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothing, reduction,
+                   indices):
+  if indices:
+    return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction)
+  return _ce_probs(logits, labels, weight, axis, label_smoothing, reduction)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction"))
+def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction):
+  return _nll(log_probs, labels, weight, axis, ignore_index, reduction)
+
+
+def _prepare_loss(x, labels, axis, weight, reduction, op, name):
+  x = _checks.as_float_array(x, name, op)
+  if x.ndim == 0:
+    raise ArgumentError(f"{op}: {name} must have a class axis; got a 0-d array.")
+  axis = _checks.normalize_axis(axis, x.ndim)
+  labels, indices = _check_labels(x, labels, axis, op)
+  weight = _checks.check_weight(weight, x.shape[axis], op)
+  reduction = _checks.check_reduction(reduction)
+  return x, labels, indices, axis, weight, reduction
+
+
+def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
+                  weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
+                  label_smoothing: float = 0.0, reduction: str = "mean") -> jax.Array:
+  r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
+
+  .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
+
+  with ``t`` the (smoothed) one-hot label or the given probabilities. Computed from the logits in
+  one stable pass; never forms ``log(softmax(x))``.
+
+  Args:
+    logits: ``[..., classes, ...]`` floating point, classes along ``axis``.
+    labels: integer class indices of the logits' shape without ``axis``, or floating-point class
+      probabilities of the logits' shape.
+    axis: the class axis (torch's mirror uses 1; JAX code usually keeps classes last).
+    weight: optional ``[classes]`` rescaling weights; differentiable.
+    ignore_index: a label value whose examples contribute nothing (integer labels only).
+    label_smoothing: ``eps`` in [0, 1]; the target becomes ``(1 - eps) t + eps / classes``.
+    reduction: ``"mean"`` (weighted mean over kept examples), ``"sum"`` or ``"none"``.
+
+  Returns:
+    A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
+    logits' dtype.
+
+  Raises:
+    DTypeError: non-floating logits, or labels that are neither integer nor floating.
+    ArgumentError: (a ``ValueError``) mismatched shapes, bad weight, label_smoothing outside [0, 1].
+    IndexError: a concrete label outside ``[0, classes)`` that is not ``ignore_index``.
+    ValueError: unknown reduction.
+
+  Note:
+    Under ``jit`` labels are not checked; an out-of-range label gives NaN (loss and gradient), never
+    a silent finite number. All examples ignored with ``reduction="mean"`` gives NaN, as in torch.
+
+  Example:
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> jaxsoftmax.cross_entropy(logits, jnp.array([0, 2])).round(4)
+    Array(0.1849, dtype=float32)
+
+  See also: :func:`nll_loss`, :func:`log_softmax`.
+  """
+  op = "cross_entropy"
+  logits, labels, indices, axis, weight, reduction = _prepare_loss(
+      logits, labels, axis, weight, reduction, op, "logits")
+  ignore_index = _checks.check_ignore_index(ignore_index)
+  label_smoothing = _checks.check_label_smoothing(label_smoothing)
+  if indices:
+    _checks.check_labels_in_range(labels, logits.shape[axis], ignore_index, op)
+  elif ignore_index is not None:
+    raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
+                        "not to probability targets.")
+  return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
+                        label_smoothing=label_smoothing, reduction=reduction, indices=indices)
+
+
+def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
+             weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
+             reduction: str = "mean") -> jax.Array:
+  r"""Negative log-likelihood of integer labels under given log-probabilities.
+
+  .. math:: \ell_n = -w_{y_n}\, \mathrm{lp}_{n, y_n}
+
+  Args:
+    log_probs: ``[..., classes, ...]`` log-probabilities (e.g. from :func:`log_softmax`).
+    labels: integer class indices, the log_probs' shape without ``axis``.
+    axis: the class axis.
+    weight: optional ``[classes]`` weights; differentiable.
+    ignore_index: a label value whose examples contribute nothing.
+    reduction: ``"mean"`` (divided by ``sum_n w[y_n]`` over kept examples), ``"sum"`` or ``"none"``.
+
+  Returns:
+    A scalar, or per-example losses for ``reduction="none"``.
+
+  Raises:
+    As :func:`cross_entropy`; probability targets are not accepted.
+
+  Example:
+    >>> lp = jaxsoftmax.log_softmax(jnp.array([[2.0, 0.5, -1.0]]))
+    >>> jaxsoftmax.nll_loss(lp, jnp.array([0])).round(4)
+    Array(0.2413, dtype=float32)
+
+  See also: :func:`cross_entropy`.
+  """
+  op = "nll_loss"
+  log_probs, labels, indices, axis, weight, reduction = _prepare_loss(
+      log_probs, labels, axis, weight, reduction, op, "log_probs")
+  if not indices:
+    raise DTypeError(f"{op}: labels must be integer class indices; got dtype {labels.dtype}.")
+  ignore_index = _checks.check_ignore_index(ignore_index)
+  _checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
+  return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
+                   reduction=reduction)

@@ -1,0 +1,266 @@
+"""The softmax family: softmax, log_softmax, softmin, with temperature and masking.
+
+Algorithm: max-subtraction ("stable softmax"). For a row ``x`` and ``m = max(x)``,
+
+.. math:: \\mathrm{softmax}(x)_i = \\frac{e^{x_i - m}}{\\sum_j e^{x_j - m}},
+          \\quad \\log\\mathrm{softmax}(x)_i = x_i - m - \\log \\sum_j e^{x_j - m}
+
+which is exact in real arithmetic (the ``e^{-m}`` cancels) and never overflows: every exponent is
+``<= 0``. float16/bfloat16 inputs are computed in float32 and rounded once, as torch does.
+
+Derivatives are ``jax.custom_vjp`` rules that keep only the output ``y`` for the backward pass:
+
+.. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
+          \\bar x = \\bar y - e^{y} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
+
+the same formulas torch's ``_softmax_backward_data`` / ``_log_softmax_backward_data`` use, so NaN and
+inf patterns agree as well as values. A ``custom_vjp`` function supports reverse mode (``grad``,
+``vjp``, ``hessian`` via reverse-over-reverse) but not forward mode: ``jax.jvp`` and ``jax.jacfwd``
+raise ``TypeError`` on it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsoftmax import _checks
+
+__all__ = ["softmax", "log_softmax", "softmin"]
+
+_NEG_INF = -jnp.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# custom_vjp kernels. ``axes`` and ``temperature`` are static (hashable) so they are
+# nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.
+
+
+def _max(xc, axes, where):
+  # ``initial`` keeps empty reductions defined (-inf) instead of raising, as torch returns an
+  # empty result for softmax over a zero-length axis.
+  return jnp.max(xc, axis=axes, keepdims=True, initial=_NEG_INF, where=where)
+
+
+def _scaled(x, temperature):
+  xc = x.astype(_checks.compute_dtype(x.dtype))
+  # Divide (not multiply by 1/T) so the scaled logits equal torch's ``x / T`` bit for bit.
+  return xc if temperature == 1.0 else xc / temperature
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _softmax(x, where, axes, temperature):
+  return _softmax_fwd(x, where, axes, temperature)[0]
+
+
+def _softmax_fwd(x, where, axes, temperature):
+  xc = _scaled(x, temperature)
+  e = jnp.exp(xc - _max(xc, axes, where))
+  if where is not None:
+    # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
+    e = jnp.where(where, e, 0.0)
+    total = jnp.sum(e, axis=axes, keepdims=True)
+    y = jnp.where(where, e / total, 0.0)
+  else:
+    y = e / jnp.sum(e, axis=axes, keepdims=True)
+  y = y.astype(x.dtype)
+  return y, y  # residual: the output only
+
+
+def _softmax_bwd(axes, temperature, y, g):
+  yc = y.astype(_checks.compute_dtype(y.dtype))
+  gc = g.astype(yc.dtype)
+  dx = yc * (gc - jnp.sum(gc * yc, axis=axes, keepdims=True))
+  if temperature != 1.0:
+    dx = dx / temperature
+  # Masked positions have y == 0, hence dx == 0 there: no need to keep the mask.
+  return dx.astype(y.dtype), None
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _log_softmax(x, where, axes, temperature):
+  return _log_softmax_fwd(x, where, axes, temperature)[0]
+
+
+def _log_softmax_fwd(x, where, axes, temperature):
+  xc = _scaled(x, temperature)
+  shifted = xc - _max(xc, axes, where)
+  e = jnp.exp(shifted)
+  if where is not None:
+    e = jnp.where(where, e, 0.0)
+  y = shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True))
+  if where is not None:
+    y = jnp.where(where, y, _NEG_INF)
+  y = y.astype(x.dtype)
+  # Without a mask the output alone suffices. With one, a masked entry (-inf, zero gradient) must
+  # be told apart from a genuine -inf logit (gradient = upstream gradient, as in torch).
+  return y, (y, where)
+
+
+def _log_softmax_bwd(axes, temperature, res, g):
+  y, where = res
+  ct = _checks.compute_dtype(y.dtype)
+  gc = g.astype(ct)
+  if where is not None:
+    gc = jnp.where(where, gc, 0.0)
+  dx = gc - jnp.exp(y.astype(ct)) * jnp.sum(gc, axis=axes, keepdims=True)
+  if temperature != 1.0:
+    dx = dx / temperature
+  return dx.astype(y.dtype), None
+
+
+_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate"))
+def _family(x, where, traced_temperature, *, axes, temperature, log, negate):
+  """One jitted entry for the whole family; ``traced_temperature`` is None or a scalar array."""
+  kernel = _log_softmax if log else _softmax
+  if negate:
+    x = -x
+  if where is not None:
+    where = jnp.broadcast_to(where, x.shape)
+  if traced_temperature is None:
+    return kernel(x, where, axes, temperature)
+  # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
+  # so it is applied outside the custom rule; the rule then sees float32 logits.
+  xc = _scaled(x, 1.0) / traced_temperature.astype(_checks.compute_dtype(x.dtype))
+  return kernel(xc, where, axes, 1.0).astype(x.dtype)
+
+
+def _prepare(x, axis, temperature, where, op: str):
+  """Validation shared by the public functions (runs at trace time, never under jit)."""
+  x = _checks.as_float_array(x, "x", op)
+  axes = _checks.normalize_axes(axis, x.ndim)
+  traced = None
+  if temperature is None:
+    raise TypeError(f"{op}: temperature must be a positive number or a scalar array; got None.")
+  if isinstance(temperature, (jax.Array, jax.core.Tracer)) or hasattr(temperature, "__array__"):
+    traced = _checks.as_float_array(temperature, "temperature", op)
+    if traced.ndim != 0:
+      raise ValueError(f"{op}: temperature must be a scalar; got an array of shape {traced.shape}.")
+    if _checks.is_concrete(traced):
+      _checks.check_positive_finite(float(traced), "temperature")
+    temperature = 1.0
+  else:
+    temperature = _checks.check_positive_finite(temperature, "temperature")
+  if where is not None:
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+      raise TypeError(f"{op}: where must be a boolean array; got dtype {where.dtype}.")
+    try:
+      jnp.broadcast_shapes(where.shape, x.shape)
+    except ValueError:
+      raise ValueError(
+          f"{op}: where of shape {where.shape} does not broadcast to x of shape {x.shape}."
+      ) from None
+    if x.ndim == 0:
+      where = where.reshape(1)
+  return x, axes, temperature, traced, where
+
+
+def _call(x, axis, temperature, where, *, op, log, negate):
+  x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
+  if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
+    out = _family(x.reshape(1), where, traced, axes=(0,), temperature=temperature, log=log,
+                  negate=negate)
+    return out.reshape(())
+  return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate)
+
+
+def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
+            temperature: float | jax.typing.ArrayLike = 1.0,
+            where: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Softmax along ``axis``, optionally at a temperature and over a mask.
+
+  .. math:: \mathrm{softmax}(x / T)_i = \frac{\exp((x_i - m) / T)}{\sum_j \exp((x_j - m) / T)},
+            \quad m = \max_j x_j
+
+  Args:
+    x: floating-point logits, any shape (``[..., classes]`` with the default axis).
+    axis: the axis (or axes, or None for all) that sums to one. Negative values count from the end.
+    temperature: ``T > 0``. A Python number is static (part of the jit cache key) and costs
+      nothing extra; a scalar array is traced and differentiable, for fitting ``T`` (calibration).
+    where: optional boolean mask broadcastable to ``x``; ``False`` entries are excluded and get 0.
+
+  Returns:
+    An array of ``x``'s shape and dtype.
+
+  Raises:
+    DTypeError: (a ``TypeError``) for integer, bool or complex ``x``.
+    IndexError: ``axis`` out of range.
+    ValueError: ``temperature`` not finite and positive.
+
+  Note:
+    As in torch, a row whose entries are all ``-inf``, or that holds ``+inf`` or NaN, gives NaN.
+    A row that ``where`` masks completely gives zeros (as ``jax.nn.softmax``), where torch's
+    ``masked_fill(-inf)`` idiom gives NaN. Forward mode (``jax.jvp``) is not supported.
+
+  Example:
+    >>> import jaxsoftmax
+    >>> jaxsoftmax.softmax(jnp.array([1.0, 2.0, 3.0])).round(4)
+    Array([0.09  , 0.2447, 0.6652], dtype=float32)
+
+  See also: :func:`log_softmax`, :func:`softmin`, :func:`jaxsoftmax.cross_entropy`.
+  """
+  return _call(x, axis, temperature, where, op="softmax", log=False, negate=False)
+
+
+def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
+                temperature: float | jax.typing.ArrayLike = 1.0,
+                where: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Log of the softmax along ``axis``, computed without forming ``log(softmax(x))``.
+
+  .. math:: \log\mathrm{softmax}(x / T)_i = \frac{x_i - m}{T} - \log \sum_j \exp\frac{x_j - m}{T}
+
+  ``log(softmax(x))`` underflows to ``-inf`` once a probability is below the dtype's smallest
+  number; this form stays finite for every finite input.
+
+  Args:
+    x: floating-point logits.
+    axis: as in :func:`softmax`.
+    temperature: as in :func:`softmax`.
+    where: optional boolean mask; ``False`` entries get ``-inf`` and zero gradient.
+
+  Returns:
+    An array of ``x``'s shape and dtype.
+
+  Note:
+    NaN and ``+inf`` propagate to the whole row, as in torch. Forward mode is not supported.
+
+  Example:
+    >>> jaxsoftmax.log_softmax(jnp.array([0.0, 1000.0]))
+    Array([-1000.,     0.], dtype=float32)
+
+  See also: :func:`softmax`, :func:`jaxsoftmax.nll_loss`.
+  """
+  return _call(x, axis, temperature, where, op="log_softmax", log=True, negate=False)
+
+
+def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
+            where: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Softmin: ``softmax(-x)``, weights that favour the smallest entries.
+
+  .. math:: \mathrm{softmin}(x)_i = \frac{\exp(-x_i)}{\sum_j \exp(-x_j)}
+
+  Args:
+    x: floating-point input.
+    axis: as in :func:`softmax`.
+    where: as in :func:`softmax`.
+
+  Returns:
+    An array of ``x``'s shape and dtype.
+
+  Example:
+    >>> jaxsoftmax.softmin(jnp.array([1.0, 2.0, 3.0])).round(4)
+    Array([0.6652, 0.2447, 0.09  ], dtype=float32)
+
+  See also: :func:`softmax`.
+  """
+  return _call(x, axis, 1.0, where, op="softmin", log=False, negate=True)
