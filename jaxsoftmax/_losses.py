@@ -209,14 +209,13 @@ _ce_probs.defvjp(_ce_probs_fwd, _ce_probs_bwd)
 # nll_loss: the loss is a gather, its gradient a one-hot; no logits-sized residual at all.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _nll(log_probs, labels, weight, axis, ignore_index, reduction):
-  return _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _nll(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
+  return _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_classes)[0]
 
 
-def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction):
+def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
   ct = _checks.compute_dtype(log_probs.dtype)
-  num_classes = log_probs.shape[axis]
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   index = jnp.expand_dims(jnp.clip(labels, 0, max(num_classes - 1, 0)), axis)
   if log_probs.size:
@@ -226,13 +225,14 @@ def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction):
   losses = jnp.where(kept, -w_y * picked, 0.0)
   denominator = jnp.sum(w_y)
   out = _reduce(losses, denominator, reduction).astype(log_probs.dtype)
-  return out, (labels, weight, picked, denominator, out, log_probs.shape, log_probs.dtype)
+  return out, (labels, weight, picked, denominator, out)
 
 
-def _nll_bwd(axis, ignore_index, reduction, res, g):
-  labels, weight, picked, denominator, out, shape, dtype = res
+def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
+  labels, weight, picked, denominator, out = res
+  dtype = g.dtype  # the loss has the log_probs' dtype
+  shape = labels.shape[:axis] + (num_classes,) + labels.shape[axis:]
   ct = _checks.compute_dtype(dtype)
-  num_classes = shape[axis]
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
   one_hot = _one_hot(jnp.expand_dims(labels, axis), shape, axis)
@@ -292,7 +292,7 @@ def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothin
 
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction"))
 def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction):
-  return _nll(log_probs, labels, weight, axis, ignore_index, reduction)
+  return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
 
 
 def _prepare_loss(x, labels, axis, weight, reduction, op, name):

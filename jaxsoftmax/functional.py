@@ -1,0 +1,202 @@
+"""A mirror of ``torch.nn.functional``'s softmax family: same names, arguments, defaults, semantics.
+
+Code ported from PyTorch keeps working line for line: ``F.softmax(x, dim=1)``,
+``F.cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.1)``. Each function only
+translates torch's conventions (``dim``, class dim 1 for K-dimensional inputs, the implicit-dim rule,
+``dtype=``, legacy ``size_average``/``reduce``) and calls the core op in :mod:`jaxsoftmax`.
+
+Deliberate differences (see the README's table): integer targets of any width are accepted (JAX
+defaults to int32; torch wants int64 or uint8); a negative ``label_smoothing`` raises (torch ignores
+it silently); ``gumbel_softmax`` needs an explicit ``key``; ``tau <= 0`` raises.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from jaxsoftmax import _checks
+from jaxsoftmax import _losses
+from jaxsoftmax import _softmax
+from jaxsoftmax._errors import ArgumentError
+
+__all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax"]
+
+
+def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
+  """torch's ``_get_softmax_dim``: warns, then picks 0 for 0-, 1- and 3-d inputs, else 1."""
+  warnings.warn(
+      f"Implicit dimension choice for {name} has been deprecated. "
+      "Change the call to include dim=X as an argument.",
+      stacklevel=stacklevel,
+  )
+  return 0 if ndim in (0, 1, 3) else 1
+
+
+def _to_dtype(dtype):
+  """Accepts JAX/NumPy dtypes, their names, and torch dtypes (``torch.float32``)."""
+  if type(dtype).__module__ == "torch":  # a torch.dtype, without importing torch
+    dtype = str(dtype).removeprefix("torch.")
+  return jnp.dtype(dtype)
+
+
+def _family_input(input, dim, dtype, name, stacklevel):
+  x = jnp.asarray(input)
+  if dim is None:
+    dim = _implicit_dim(name, x.ndim, stacklevel + 1)
+  if isinstance(dim, bool) or not isinstance(dim, int):
+    raise TypeError(f"{name}(): argument 'dim' must be int, not {type(dim).__name__}.")
+  if dtype is not None:
+    x = x.astype(_to_dtype(dtype))  # torch casts the input before the op
+  return x, dim
+
+
+def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+  r"""``torch.nn.functional.softmax``: :math:`\exp(x_i) / \sum_j \exp(x_j)` along ``dim``.
+
+  Args:
+    input: the input array.
+    dim: the dimension that sums to one. ``None`` applies torch's deprecated implicit rule (dim 0
+      for 0-, 1- and 3-d inputs, else 1) with its ``UserWarning``.
+    _stacklevel: where that warning points, as in torch.
+    dtype: if given, the input is cast to it before the operation (as torch's ``dtype=``).
+
+  Example:
+    >>> from jaxsoftmax import functional as F
+    >>> F.softmax(jnp.array([[1.0, 2.0, 3.0]]), dim=1).round(4)
+    Array([[0.09  , 0.2447, 0.6652]], dtype=float32)
+  """
+  x, dim = _family_input(input, dim, dtype, "softmax", _stacklevel)
+  return _softmax.softmax(x, dim)
+
+
+def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+  """``torch.nn.functional.log_softmax``; arguments as :func:`softmax`."""
+  x, dim = _family_input(input, dim, dtype, "log_softmax", _stacklevel)
+  return _softmax.log_softmax(x, dim)
+
+
+def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+  """``torch.nn.functional.softmin``: ``softmax(-input)``; arguments as :func:`softmax`."""
+  x, dim = _family_input(input, dim, dtype, "softmin", _stacklevel)
+  return _softmax.softmin(x, dim)
+
+
+def _legacy_reduction(size_average, reduce, reduction, stacklevel=4) -> str:
+  """torch's ``_Reduction.legacy_get_string``: the deprecated flags override ``reduction``."""
+  if size_average is None and reduce is None:
+    return reduction
+  size_average = True if size_average is None else size_average
+  reduce = True if reduce is None else reduce
+  result = ("mean" if size_average else "sum") if reduce else "none"
+  warnings.warn(
+      f"size_average and reduce args will be deprecated, please use reduction='{result}' instead.",
+      stacklevel=stacklevel,
+  )
+  return result
+
+
+def _class_dim(x, op) -> int:
+  if x.ndim == 0:
+    raise ArgumentError(f"{op}: input must have at least 1 dimension (classes); got a 0-d array.")
+  return 1 if x.ndim >= 2 else 0
+
+
+def _check_batch(x, target, op):
+  """torch's wording for the commonest mistake: different batch sizes (a ValueError there too)."""
+  if x.ndim >= 2 and target.ndim >= 1 and target.shape != x.shape and x.shape[0] != target.shape[0]:
+    raise ArgumentError(
+        f"{op}: Expected input batch_size ({x.shape[0]}) to match target batch_size "
+        f"({target.shape[0]}); input shape {x.shape}, target shape {target.shape}."
+    )
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
+                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> jax.Array:
+  r"""``torch.nn.functional.cross_entropy``: log-softmax over dim 1 (dim 0 for 1-d input) + NLL.
+
+  ``input`` is ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``. ``target`` holds class indices of
+  shape ``()``, ``(N)`` or ``(N, d1, ..., dK)``, or class probabilities of ``input``'s shape.
+
+  Example:
+    >>> from jaxsoftmax import functional as F
+    >>> F.cross_entropy(jnp.array([[2.0, 0.5, -1.0]]), jnp.array([0])).round(4)
+    Array(0.2413, dtype=float32)
+  """
+  op = "cross_entropy"
+  reduction = _legacy_reduction(size_average, reduce, reduction)
+  x = _checks.as_float_array(input, "input", op)
+  target = jnp.asarray(target)
+  axis = _class_dim(x, op)
+  if target.shape == x.shape:  # torch's rule: same shape means class probabilities
+    if not jnp.issubdtype(target.dtype, jnp.floating):
+      raise _losses.DTypeError(
+          f"{op}: Expected floating point type for target with class probabilities, got "
+          f"{target.dtype}."
+      )
+    if ignore_index >= 0:
+      raise ArgumentError(f"{op}: ignore_index is not supported for floating point target; got "
+                          f"ignore_index={ignore_index}.")
+    ignore_index = None
+  else:
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+      raise _losses.DTypeError(
+          f"{op}: expected target of class indices to have an integer dtype, but got "
+          f"{target.dtype} (class probabilities must have input's shape {x.shape}; got "
+          f"{target.shape})."
+      )
+    _check_batch(x, target, op)
+  return _losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing, reduction=reduction)
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+             reduction: str = "mean") -> jax.Array:
+  """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input)."""
+  op = "nll_loss"
+  reduction = _legacy_reduction(size_average, reduce, reduction)
+  x = _checks.as_float_array(input, "input", op)
+  target = jnp.asarray(target)
+  axis = _class_dim(x, op)
+  if not jnp.issubdtype(target.dtype, jnp.integer):
+    raise _losses.DTypeError(f"{op}: target must hold integer class indices; got {target.dtype}.")
+  _check_batch(x, target, op)
+  return _losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
+                          reduction=reduction)
+
+
+def _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim):
+  """The deterministic part of :func:`gumbel_softmax`, given standard Gumbel noise."""
+  ct = _checks.compute_dtype(logits.dtype)  # add the noise in float32 too: round only once
+  y_soft = _softmax.softmax(logits.astype(ct) + gumbels.astype(ct), dim, temperature=tau)
+  y_soft = y_soft.astype(logits.dtype)
+  if not hard:
+    return y_soft
+  axis = _checks.normalize_axis(dim, y_soft.ndim, "dim")
+  index = jnp.argmax(y_soft, axis=axis, keepdims=True)  # first maximum, as torch
+  y_hard = (jax.lax.broadcasted_iota(index.dtype, y_soft.shape, axis) == index).astype(y_soft.dtype)
+  # Straight-through estimator: the value of y_hard, the gradient of y_soft.
+  return y_hard - jax.lax.stop_gradient(y_soft) + y_soft
+
+
+def gumbel_softmax(logits, tau: float = 1, hard: bool = False, eps: float = 1e-10, dim: int = -1,
+                   *, key: jax.Array) -> jax.Array:
+  r"""``torch.nn.functional.gumbel_softmax``: a differentiable sample from a categorical.
+
+  .. math:: y = \mathrm{softmax}((\text{logits} + g) / \tau),\quad g \sim \mathrm{Gumbel}(0, 1)
+
+  Args:
+    logits: unnormalised log-probabilities.
+    tau: temperature, > 0.
+    hard: return one-hot samples whose gradient is that of the soft sample (straight-through).
+    eps: deprecated and unused, as in torch (a value other than 1e-10 warns).
+    dim: the category dimension.
+    key: a ``jax.random`` key; JAX has no global RNG, so unlike torch it is required.
+  """
+  if eps != 1e-10:
+    warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
+  logits = _checks.as_float_array(logits, "logits", "gumbel_softmax")
+  gumbels = jax.random.gumbel(key, logits.shape, _checks.compute_dtype(logits.dtype))
+  return _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim)

@@ -1,0 +1,108 @@
+"""Flax NNX modules mirroring ``torch.nn``: same class names and constructor arguments.
+
+Each module only stores its configuration and calls :mod:`jaxsoftmax.functional`. A class weight is
+kept in a :class:`Buffer` (torch's ``register_buffer``): part of the module's state, saved and
+restored with it, but not an ``nnx.Param``, so optimizers built on ``nnx.Param`` leave it alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxsoftmax import functional as F
+
+__all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss"]
+
+
+class Buffer(nnx.Variable):
+  """Non-trainable module state, like a torch buffer."""
+
+
+class _DimModule(nnx.Module):
+  _fn = None
+
+  def __init__(self, dim: int | None = None):
+    self.dim = dim
+
+  def __call__(self, input: jax.typing.ArrayLike) -> jax.Array:
+    # _stacklevel=4 makes torch's implicit-dim warning point at the caller of the module.
+    return type(self)._fn(input, self.dim, _stacklevel=4)
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(dim={self.dim})"
+
+
+class Softmax(_DimModule):
+  """``torch.nn.Softmax(dim=None)``: rescales ``dim`` to sum to one."""
+
+  _fn = staticmethod(F.softmax)
+
+
+class LogSoftmax(_DimModule):
+  """``torch.nn.LogSoftmax(dim=None)``."""
+
+  _fn = staticmethod(F.log_softmax)
+
+
+class Softmin(_DimModule):
+  """``torch.nn.Softmin(dim=None)``: ``softmax(-x)``."""
+
+  _fn = staticmethod(F.softmin)
+
+
+class Softmax2d(nnx.Module):
+  """``torch.nn.Softmax2d()``: softmax over channels at every location of ``(N, C, H, W)`` or
+  ``(C, H, W)`` input (channel dim -3, torch's NCHW layout)."""
+
+  def __call__(self, input: jax.typing.ArrayLike) -> jax.Array:
+    x = jnp.asarray(input)
+    if x.ndim not in (3, 4):
+      raise ValueError(f"Softmax2d: expected input to be 3D or 4D, got {x.ndim}D instead "
+                       f"(shape {x.shape}).")
+    return F.softmax(x, -3)
+
+
+class _WeightedLoss(nnx.Module):
+
+  def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+    # Resolved once here, as torch's _Loss does, so the legacy warning fires at construction.
+    self.reduction = F._legacy_reduction(size_average, reduce, reduction, stacklevel=5)
+    self.weight = None if weight is None else Buffer(jnp.asarray(weight))
+
+  def _weight(self):
+    return None if self.weight is None else self.weight[...]
+
+
+class CrossEntropyLoss(_WeightedLoss):
+  """``torch.nn.CrossEntropyLoss``: :func:`jaxsoftmax.functional.cross_entropy` as a module.
+
+  Example:
+    >>> loss = CrossEntropyLoss(label_smoothing=0.1)
+    >>> loss(jnp.array([[2.0, 0.5, -1.0]]), jnp.array([0])).round(4)
+    Array(0.3313, dtype=float32)
+  """
+
+  def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+               reduction: str = "mean", label_smoothing: float = 0.0):
+    super().__init__(weight, size_average, reduce, reduction)
+    self.ignore_index = ignore_index
+    self.label_smoothing = label_smoothing
+
+  def __call__(self, input, target) -> jax.Array:
+    return F.cross_entropy(input, target, weight=self._weight(), ignore_index=self.ignore_index,
+                           reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(_WeightedLoss):
+  """``torch.nn.NLLLoss``: :func:`jaxsoftmax.functional.nll_loss` as a module."""
+
+  def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+               reduction: str = "mean"):
+    super().__init__(weight, size_average, reduce, reduction)
+    self.ignore_index = ignore_index
+
+  def __call__(self, input, target) -> jax.Array:
+    return F.nll_loss(input, target, weight=self._weight(), ignore_index=self.ignore_index,
+                      reduction=self.reduction)
