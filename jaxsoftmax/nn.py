@@ -81,7 +81,7 @@ class CrossEntropyLoss(_WeightedLoss):
   Example:
     >>> loss = CrossEntropyLoss(label_smoothing=0.1)
     >>> loss(jnp.array([[2.0, 0.5, -1.0]]), jnp.array([0])).round(4)
-    Array(0.3313, dtype=float32)
+    Array(0.3913, dtype=float32)
   """
 
   def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,

@@ -1,0 +1,143 @@
+"""The ``jaxsoftmax`` command. ``jaxsoftmax parity`` runs the parity grid against torch."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import pathlib
+import platform as platform_mod
+import sys
+
+import jax
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from jaxsoftmax import parity
+
+COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
+           "grad max rel", "result")
+
+
+def _summarise(results: list[parity.CaseResult]) -> list[dict]:
+  """One row per (op, dtype, device): worst errors over its cases, PASS only if all pass."""
+  groups: dict[tuple, list[parity.CaseResult]] = collections.defaultdict(list)
+  for r in results:
+    groups[(r.case.op, r.case.dtype, r.platform)].append(r)
+  rows = []
+  for (op, dtype, device), rs in groups.items():
+    fwd = [c for r in rs for c in r.comparisons if c.name == "forward"]
+    grad = [c for r in rs for c in r.comparisons if c.name.startswith("grad")]
+    failed = [r for r in rs if not r.ok]
+    rows.append({
+        "op": op, "dtype": dtype, "device": device, "cases": len(rs),
+        "reference": rs[0].reference,
+        "fwd_max_abs": max((c.max_abs for c in fwd), default=0.0),
+        "fwd_max_rel": max((c.max_rel for c in fwd), default=0.0),
+        "grad_max_abs": max((c.max_abs for c in grad), default=0.0),
+        "grad_max_rel": max((c.max_rel for c in grad), default=0.0),
+        "passed": not failed, "failures": [r.report() for r in failed],
+    })
+  return rows
+
+
+def _markdown(rows: list[dict], meta: dict) -> str:
+  lines = [f"# jaxsoftmax parity report", "",
+           f"{meta['timestamp']} · jax {meta['versions']['jax']} · torch "
+           f"{meta['versions']['torch']} · devices {', '.join(meta['devices'])}", "",
+           "Tolerances (torch.testing.assert_close defaults): " + ", ".join(
+               f"{k} rtol={v.rtol:g} atol={v.atol:g}" for k, v in parity.TOLERANCES.items()), "",
+           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  for r in rows:
+    lines.append(f"| {r['op']} | {r['dtype']} | {r['device']} | {r['cases']} | "
+                 f"{r['fwd_max_abs']:.2e} | {r['fwd_max_rel']:.2e} | {r['grad_max_abs']:.2e} | "
+                 f"{r['grad_max_rel']:.2e} | {'PASS' if r['passed'] else 'FAIL'} |")
+  failures = [f for r in rows for f in r["failures"]]
+  if failures:
+    lines += ["", "## Failures", "", "```", *failures, "```"]
+  return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict:
+  import torch  # noqa: PLC0415 - the parity command needs torch; import it only here
+  import flax  # noqa: PLC0415
+  import jaxsoftmax  # noqa: PLC0415
+  import jaxlib  # noqa: PLC0415
+  return {"jaxsoftmax": jaxsoftmax.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "flax": flax.__version__, "torch": torch.__version__, "numpy": np.__version__,
+          "python": platform_mod.python_version()}
+
+
+def run_parity(args: argparse.Namespace, console: Console) -> int:
+  try:
+    versions = _versions()
+  except ImportError:
+    console.print("[red]jaxsoftmax parity needs torch: pip install 'jaxsoftmax[torch]'[/red]")
+    return 2
+  platforms = parity.platforms()
+  for p in args.devices or []:
+    if p not in platforms:
+      console.print(f"[red]device {p!r} not present; JAX sees {platforms}[/red]")
+      return 2
+  platforms = args.devices or platforms
+  grid = parity.cases(ops=args.ops, dtypes=args.dtypes)
+  jobs = [(c, p) for p in platforms for c in grid]
+  results = []
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, transient=True) as progress:
+    task = progress.add_task("parity", total=len(jobs))
+    for case, plat in jobs:
+      progress.update(task, description=f"{case.op} {case.dtype} {plat}")
+      results.append(parity.run_case(case, plat))
+      progress.advance(task)
+  rows = _summarise(results)
+  meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "versions": versions, "devices": [str(parity.device_for(p)) for p in platforms],
+          "tolerances": {k: vars(v) for k, v in parity.TOLERANCES.items()}}
+  table = Table(title=f"jaxsoftmax vs torch: {len(results)} cases")
+  for col in COLUMNS:
+    table.add_column(col, justify="right" if "max" in col or col == "cases" else "left")
+  for r in rows:
+    table.add_row(r["op"], r["dtype"], r["device"], str(r["cases"]), f"{r['fwd_max_abs']:.1e}",
+                  f"{r['fwd_max_rel']:.1e}", f"{r['grad_max_abs']:.1e}", f"{r['grad_max_rel']:.1e}",
+                  "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]")
+  console.print(table)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "parity.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+  (out / "parity.md").write_text(_markdown(rows, meta))
+  failed = [r for r in results if not r.ok]
+  for r in failed[:20]:
+    console.print(r.report(), markup=False)
+  verdict = f"{len(results) - len(failed)} passed, {len(failed)} failed"
+  console.print(f"{verdict}; report written to {out / 'parity.json'} and {out / 'parity.md'}")
+  return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxsoftmax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("parity", help="compare every op with torch over the op x dtype grid")
+  p.add_argument("--out", default="parity-report", help="directory for parity.json and parity.md")
+  p.add_argument("--ops", nargs="+", choices=sorted(parity.OPS), metavar="OP",
+                 help=f"restrict to these ops (default: all of {', '.join(sorted(parity.OPS))})")
+  p.add_argument("--dtypes", nargs="+", choices=parity.DTYPES, help="restrict to these dtypes")
+  p.add_argument("--devices", nargs="+", choices=("cpu", "gpu", "tpu"),
+                 help="JAX platforms to test (default: every one present)")
+  p.set_defaults(func=run_parity)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  console = Console()
+  if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+    console = Console(width=140)
+  return args.func(args, console)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,13 @@
+"""The JAX platforms to test on: cpu always, gpu/tpu when present (else skipped with a reason)."""
+
+import pytest
+
+from jaxsoftmax import parity
+
+_PRESENT = parity.platforms()
+
+PLATFORMS = [
+    pytest.param(p, marks=pytest.mark.skipif(
+        p not in _PRESENT, reason=f"no {p} platform in jax.devices(); present: {_PRESENT}"))
+    for p in ("cpu", "gpu", "tpu")
+]
