@@ -1,0 +1,145 @@
+"""Transformations: jit, vmap, grad, grad-of-grad, hessian; residuals; numerical gradient checks;
+exact weight and temperature gradients against plain-jnp references (torch cannot give those)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxsoftmax
+
+try:  # public in some jax versions, private in 0.10
+  from jax.ad_checkpoint import saved_residuals
+except ImportError:
+  from jax._src.ad_checkpoint import saved_residuals
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)), jnp.float32)
+LABELS = jnp.array([0, 5, 2, 3])
+
+
+def _ref_log_softmax(x, axis=-1):
+  """Plain jnp, differentiated by JAX itself: the reference for custom rules."""
+  shifted = x - jax.lax.stop_gradient(x.max(axis=axis, keepdims=True))
+  return shifted - jnp.log(jnp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _ref_cross_entropy(x, labels, weight, ignore_index, eps, reduction):
+  lsm = _ref_log_softmax(x)
+  num_classes = x.shape[-1]
+  w = jnp.ones(num_classes, x.dtype) if weight is None else weight
+  kept = labels != ignore_index
+  safe = jnp.where(kept, labels, 0)
+  nll = -w[safe] * jnp.take_along_axis(lsm, safe[:, None], -1)[:, 0]
+  smooth = -(lsm * w[None, :]).sum(-1)
+  losses = jnp.where(kept, (1 - eps) * nll + eps / num_classes * smooth, 0.0)
+  if reduction == "none":
+    return losses
+  if reduction == "sum":
+    return losses.sum()
+  return losses.sum() / jnp.where(kept, w[safe], 0.0).sum()
+
+
+@pytest.mark.parametrize("fn", [jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_softmax_family_saves_only_its_output(fn, dtype):
+  residuals = saved_residuals(fn, X.astype(dtype))
+  assert len(residuals) == 1, residuals
+  aval, source = residuals[0]
+  assert aval.shape == X.shape and "output" in source
+  # float32 compute for half inputs keeps the float32 output (gradient rounded once).
+  assert aval.dtype == jnp.float32
+
+
+def test_cross_entropy_keeps_at_most_one_logits_sized_array():
+  residuals = saved_residuals(lambda x: jaxsoftmax.cross_entropy(x, LABELS), X)
+  big = [aval for aval, _ in residuals if aval.size >= X.size]
+  assert len(big) == 1 and big[0].shape == X.shape, residuals
+  nll = saved_residuals(lambda x: jaxsoftmax.nll_loss(x, LABELS), X)
+  assert not [aval for aval, _ in nll if aval.size >= X.size], nll
+
+
+@pytest.mark.parametrize("fn", [
+    jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin,
+    lambda x: jaxsoftmax.softmax(x, temperature=0.7),
+    lambda x: jaxsoftmax.log_softmax(x, 0, where=X > -1.0),
+    lambda x: jaxsoftmax.cross_entropy(x, LABELS, label_smoothing=0.2),
+    lambda x: jaxsoftmax.cross_entropy(x, jax.nn.softmax(X), weight=jnp.arange(1.0, 7.0)),
+    lambda x: jaxsoftmax.nll_loss(x, LABELS, reduction="sum"),
+])
+def test_numerical_gradients_to_second_order(fn):
+  with jax.enable_x64(True):
+    check_grads(fn, (X.astype(jnp.float64),), order=2, modes=["rev"])
+
+
+def test_hessian_grad_of_grad_vmap_jit_agree_with_reference():
+  x = X.astype(jnp.float32)
+  ce = lambda v: jaxsoftmax.cross_entropy(v, LABELS[0])
+  ref = lambda v: -_ref_log_softmax(v)[LABELS[0]]
+  np.testing.assert_allclose(jax.hessian(ce)(x[0]), jax.hessian(ref)(x[0]), atol=1e-6)
+  g2 = jax.grad(lambda v: jax.grad(lambda u: jaxsoftmax.softmax(u)[1])(v).sum())
+  g2_ref = jax.grad(lambda v: jax.grad(lambda u: jax.nn.softmax(u)[1])(v).sum())
+  np.testing.assert_allclose(g2(x[0]), g2_ref(x[0]), atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jaxsoftmax.log_softmax)(x), jax.jit(jaxsoftmax.log_softmax)(x),
+                             atol=1e-6)
+  per_row = jax.vmap(lambda v, y: jaxsoftmax.cross_entropy(v, y))(x, LABELS)
+  np.testing.assert_allclose(per_row, jaxsoftmax.cross_entropy(x, LABELS, reduction="none"), atol=1e-6)
+
+
+def test_forward_mode_is_not_supported_and_says_so():
+  # A custom_vjp function has no JVP rule: jax.jvp / jacfwd raise TypeError (documented).
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(jaxsoftmax.softmax, (X,), (X,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+@pytest.mark.parametrize("ignore_index", [None, 2])
+def test_weight_gradient_is_exact(reduction, eps, ignore_index):
+  weight = jnp.linspace(0.5, 2.0, 6)
+  cot = jnp.ones(4) if reduction == "none" else 1.0
+
+  def ours(w):
+    out = jaxsoftmax.cross_entropy(X, LABELS, weight=w, ignore_index=ignore_index,
+                                   label_smoothing=eps, reduction=reduction)
+    return (out * cot).sum()
+
+  def ref(w):
+    out = _ref_cross_entropy(X, LABELS, w, -1 if ignore_index is None else ignore_index, eps,
+                             reduction)
+    return (out * cot).sum()
+
+  np.testing.assert_allclose(ours(weight), ref(weight), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(weight), jax.grad(ref)(weight), rtol=1e-5, atol=1e-6)
+
+
+def test_nll_weight_gradient_is_exact():
+  weight = jnp.linspace(0.5, 2.0, 6)
+  lp = _ref_log_softmax(X)
+  ours = jax.grad(lambda w: jaxsoftmax.nll_loss(lp, LABELS, weight=w))(weight)
+  ref = jax.grad(lambda w: _ref_cross_entropy(X, LABELS, w, -1, 0.0, "mean"))(weight)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_traced_temperature_is_differentiable():
+  # Temperature scaling fits T by gradient descent on the NLL.
+  def nll(t):
+    return -jnp.take_along_axis(jaxsoftmax.log_softmax(X, temperature=t), LABELS[:, None], 1).mean()
+
+  def ref(t):
+    return -jnp.take_along_axis(_ref_log_softmax(X / t), LABELS[:, None], 1).mean()
+
+  t = jnp.float32(1.7)
+  np.testing.assert_allclose(nll(t), ref(t), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(nll)(t), jax.grad(ref)(t), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(jax.grad(nll))(t), jax.grad(ref)(t), rtol=1e-5)
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+  mask = jnp.array([[True, False, True], [False, False, False]])
+  x = jnp.ones((2, 3))
+  np.testing.assert_array_equal(jaxsoftmax.softmax(x, where=mask),
+                                jax.nn.softmax(x, where=mask))
+  assert np.isneginf(np.asarray(jaxsoftmax.log_softmax(x, where=mask)[1])).all()
+  grads = jax.grad(lambda v: jaxsoftmax.log_softmax(v, where=mask)[0, 0])(x)
+  assert np.isfinite(grads).all() and (np.asarray(grads)[~np.asarray(mask)] == 0).all()
