@@ -15,8 +15,10 @@ Ignored examples contribute 0. ``reduction="mean"`` divides integer-label losses
 ``sum_n w_{y_n}`` over the kept examples (so all-ignored gives NaN, as torch), and
 probability-target losses by the number of examples.
 
-Backward passes are ``jax.custom_vjp`` rules. ``cross_entropy`` keeps the logits (which the caller
-holds anyway) and one row-sized log-sum-exp, and forms
+Backward passes are ``jax.custom_vjp`` rules. ``cross_entropy`` with integer labels keeps one
+logits-sized array, the forward's ``exp(x - max)``, plus row-sized sums, so its backward needs no
+exponential of its own (probability targets keep the logits and targets, which the caller holds
+anyway, since their gradient needs every ``lsm``). The backward forms
 
 .. math:: \\bar x_{n,c} = G_n\\,(a_n\\,p_{n,c} - b_{n,c}),\\quad p = e^{x - \\mathrm{lse}}
 
@@ -94,7 +96,9 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
-  lse = m + jnp.log(jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True))
+  e = jnp.exp(xc - m)
+  total = jnp.sum(e, axis=axis, keepdims=True)
+  lse = m + jnp.log(total)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   one_hot = _one_hot(jnp.expand_dims(labels, axis), x.shape, axis)
   picked = jnp.sum(jnp.where(one_hot, xc, 0.0), axis=axis)
@@ -108,41 +112,44 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
   denominator = jnp.sum(w_y)
   out = _reduce(losses, denominator, reduction).astype(x.dtype)
-  return out, (x, labels, weight, lse, denominator, out)
+  # Residuals: the exponentials exp(x - m) (the one logits-sized array: the backward needs no exp
+  # of its own), their row sums, and the row-sized lsm[y]. The logits themselves are kept only for
+  # the exact weight gradient under label smoothing, which needs every lsm[c].
+  lsm_y = picked - jnp.squeeze(lse, axis)
+  keep_x = x if (weight is not None and label_smoothing > 0.0) else None
+  return out, (e, total, lse, lsm_y, labels, weight, denominator, out, keep_x)
 
 
 def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
-  x, labels, weight, lse, denominator, out = res
-  ct = _checks.compute_dtype(x.dtype)
-  num_classes = x.shape[axis]
+  e, total, lse, lsm_y, labels, weight, denominator, out, x = res
+  ct = e.dtype
+  num_classes = e.shape[axis]
   eps = label_smoothing
-  xc = x.astype(ct)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
   row_g = jnp.expand_dims(row_g, axis)
-  one_hot = _one_hot(jnp.expand_dims(labels, axis), x.shape, axis)
-  w_c = 1.0 if weight is None else _weight_broadcast(weight, x.ndim, axis, ct)
+  one_hot = _one_hot(jnp.expand_dims(labels, axis), e.shape, axis)
+  w_c = 1.0 if weight is None else _weight_broadcast(weight, e.ndim, axis, ct)
   total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
   # d l_n / d x_c = a_n p_c - b_{n,c}, a_n = (1-eps) w_y + eps/C sum(w), b = (1-eps) w_y [c=y] + eps/C w_c
   a = jnp.expand_dims((1.0 - eps) * w_y + (eps / num_classes) * total_w, axis)
   b = jnp.where(one_hot, jnp.expand_dims((1.0 - eps) * w_y, axis), 0.0)
   if eps > 0.0:
     b = b + (eps / num_classes) * w_c
-  dx = row_g * (a * jnp.exp(xc - lse) - b)
+  dx = row_g * (a * (e / total) - b)
   dweight = None
   if weight is not None:
     # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
-    neg_lsm = lse - xc
-    per_class = jnp.where(one_hot, (1.0 - eps) * neg_lsm, 0.0)
+    others = tuple(i for i in range(e.ndim) if i != axis)
+    per_class = jnp.where(one_hot, jnp.expand_dims(-(1.0 - eps) * lsm_y, axis), 0.0)
     if eps > 0.0:
-      per_class = per_class + (eps / num_classes) * neg_lsm
-    others = tuple(i for i in range(x.ndim) if i != axis)
+      per_class = per_class + (eps / num_classes) * (lse - x.astype(ct))
     dweight = jnp.sum(row_g * per_class, axis=others)
     if reduction == "mean":  # the denominator sum_n w[y_n] depends on w too
       counts = jnp.sum(one_hot & jnp.expand_dims(kept, axis), axis=others).astype(ct)
       dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
     dweight = dweight.astype(weight.dtype)
-  return dx.astype(x.dtype), None, dweight
+  return dx.astype(g.dtype), None, dweight
 
 
 _ce_labels.defvjp(_ce_labels_fwd, _ce_labels_bwd)

@@ -1,0 +1,15 @@
+import pathlib
+import runpy
+
+import pytest
+
+EXAMPLES = sorted((pathlib.Path(__file__).parent.parent / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(path, capsys):
+  runpy.run_path(str(path), run_name="__main__")
+  out = capsys.readouterr().out
+  assert out.strip()
+  if path.stem == "stability":
+    assert "nan" in out and "-inf" in out  # the naive forms fail as advertised
