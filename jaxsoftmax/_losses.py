@@ -32,7 +32,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxsoftmax import _checks
 from jaxsoftmax._errors import ArgumentError, DTypeError
@@ -45,8 +44,34 @@ __all__ = ["cross_entropy", "nll_loss"]
 # everything broadcasts against the logits without moving the class axis (no transposes).
 
 
-def _one_hot(labels_k, shape, axis):
-  return lax.broadcasted_iota(labels_k.dtype, shape, axis) == labels_k
+def _at_labels(labels, axis):
+  """Index tuple addressing ``x[..., labels, ...]`` (class axis ``axis``) for every example.
+
+  Gathering and scattering through it touches one element per example; a one-hot
+  ``iota == label`` mask instead makes XLA:CPU materialise logits-sized arrays (measured).
+  """
+  num_classes_axis_free = jnp.indices(labels.shape, sparse=True)
+  index = list(num_classes_axis_free)
+  index.insert(axis, labels)
+  return tuple(index)
+
+
+def _gather(x, labels, num_classes, axis):
+  """``x`` at each example's label (labels clipped into range; callers mask what is invalid)."""
+  if x.size == 0:
+    return jnp.zeros(labels.shape, x.dtype)
+  return x[_at_labels(jnp.clip(labels, 0, num_classes - 1), axis)]
+
+
+def _scatter_add(base, labels, values, axis):
+  """``base`` plus ``values`` at each example's label; out-of-range labels add nothing."""
+  return base.at[_at_labels(labels, axis)].add(values, mode="drop")
+
+
+def _per_class(labels, values, num_classes):
+  """sum of ``values`` over examples, binned by label (a bincount; out-of-range dropped)."""
+  return jnp.zeros(num_classes, values.dtype).at[labels.reshape(-1)].add(values.reshape(-1),
+                                                                         mode="drop")
 
 
 def _label_weights(labels, weight, ignore_index, num_classes, ct):
@@ -100,8 +125,7 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   total = jnp.sum(e, axis=axis, keepdims=True)
   lse = m + jnp.log(total)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  one_hot = _one_hot(jnp.expand_dims(labels, axis), x.shape, axis)
-  picked = jnp.sum(jnp.where(one_hot, xc, 0.0), axis=axis)
+  picked = _gather(xc, labels, num_classes, axis)
   losses = w_y * (jnp.squeeze(lse, axis) - picked)  # -w[y] * lsm[y]
   if label_smoothing > 0.0:
     neg_lsm = lse - xc
@@ -127,26 +151,25 @@ def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
   eps = label_smoothing
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
-  row_g = jnp.expand_dims(row_g, axis)
-  one_hot = _one_hot(jnp.expand_dims(labels, axis), e.shape, axis)
-  w_c = 1.0 if weight is None else _weight_broadcast(weight, e.ndim, axis, ct)
   total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
-  # d l_n / d x_c = a_n p_c - b_{n,c}, a_n = (1-eps) w_y + eps/C sum(w), b = (1-eps) w_y [c=y] + eps/C w_c
-  a = jnp.expand_dims((1.0 - eps) * w_y + (eps / num_classes) * total_w, axis)
-  b = jnp.where(one_hot, jnp.expand_dims((1.0 - eps) * w_y, axis), 0.0)
+  # d l_n / d x_c = a_n p_c - b_{n,c} with a_n = (1-eps) w_y + eps/C sum(w) and
+  # b = (1-eps) w_y [c = y] + eps/C w_c: a dense part, then one scattered value per example.
+  a = (1.0 - eps) * w_y + (eps / num_classes) * total_w
+  dx = jnp.expand_dims(row_g * a, axis) * (e / total)
   if eps > 0.0:
-    b = b + (eps / num_classes) * w_c
-  dx = row_g * (a * (e / total) - b)
+    w_c = 1.0 if weight is None else _weight_broadcast(weight, e.ndim, axis, ct)
+    dx = dx - jnp.expand_dims(row_g, axis) * ((eps / num_classes) * w_c)
+  dx = _scatter_add(dx, labels, -row_g * (1.0 - eps) * w_y, axis)
   dweight = None
   if weight is not None:
     # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
-    others = tuple(i for i in range(e.ndim) if i != axis)
-    per_class = jnp.where(one_hot, jnp.expand_dims(-(1.0 - eps) * lsm_y, axis), 0.0)
+    dweight = _per_class(labels, -(1.0 - eps) * row_g * lsm_y, num_classes)
     if eps > 0.0:
-      per_class = per_class + (eps / num_classes) * (lse - x.astype(ct))
-    dweight = jnp.sum(row_g * per_class, axis=others)
+      others = tuple(i for i in range(e.ndim) if i != axis)
+      dweight = dweight + (eps / num_classes) * jnp.sum(
+          jnp.expand_dims(row_g, axis) * (lse - x.astype(ct)), axis=others)
     if reduction == "mean":  # the denominator sum_n w[y_n] depends on w too
-      counts = jnp.sum(one_hot & jnp.expand_dims(kept, axis), axis=others).astype(ct)
+      counts = _per_class(labels, kept.astype(ct), num_classes)
       dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
     dweight = dweight.astype(weight.dtype)
   return dx.astype(g.dtype), None, dweight
@@ -224,11 +247,7 @@ def _nll(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
 def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
   ct = _checks.compute_dtype(log_probs.dtype)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  index = jnp.expand_dims(jnp.clip(labels, 0, max(num_classes - 1, 0)), axis)
-  if log_probs.size:
-    picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=axis), axis).astype(ct)
-  else:
-    picked = jnp.zeros(labels.shape, ct)
+  picked = _gather(log_probs, labels, num_classes, axis).astype(ct)
   losses = jnp.where(kept, -w_y * picked, 0.0)
   denominator = jnp.sum(w_y)
   out = _reduce(losses, denominator, reduction).astype(log_probs.dtype)
@@ -242,15 +261,12 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   ct = _checks.compute_dtype(dtype)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
-  one_hot = _one_hot(jnp.expand_dims(labels, axis), shape, axis)
-  dlog_probs = jnp.where(one_hot, jnp.expand_dims(-w_y * row_g, axis), 0.0).astype(dtype)
+  dlog_probs = _scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, axis).astype(dtype)
   dweight = None
   if weight is not None:
-    others = tuple(i for i in range(len(shape)) if i != axis)
-    per_row = jnp.expand_dims(-picked * row_g, axis)
-    dweight = jnp.sum(jnp.where(one_hot, per_row, 0.0), axis=others)
+    dweight = _per_class(labels, -picked * row_g, num_classes)
     if reduction == "mean":
-      counts = jnp.sum(one_hot & jnp.expand_dims(kept, axis), axis=others).astype(ct)
+      counts = _per_class(labels, kept.astype(ct), num_classes)
       dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
     dweight = dweight.astype(weight.dtype)
   return dlog_probs, None, dweight
