@@ -60,18 +60,26 @@ def _gather(x, labels, num_classes, axis):
   """``x`` at each example's label (labels clipped into range; callers mask what is invalid)."""
   if x.size == 0:
     return jnp.zeros(labels.shape, x.dtype)
-  return x[_at_labels(jnp.clip(labels, 0, num_classes - 1), axis)]
+  index = _at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
+  return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
 
 
-def _scatter_add(base, labels, values, axis):
-  """``base`` plus ``values`` at each example's label; out-of-range labels add nothing."""
-  return base.at[_at_labels(labels, axis)].add(values, mode="drop")
+def _scatter_add(base, labels, values, num_classes, axis):
+  """``base`` plus ``values`` at each example's label.
+
+  Labels are clipped into range, so an out-of-range label's value (NaN, by _label_weights) lands
+  in its own row instead of vanishing: under jit its gradient is NaN, like its loss. Ignored
+  examples must carry a value of 0.
+  """
+  index = _at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
+  return base.at[index].add(values, mode="promise_in_bounds", wrap_negative_indices=False)
 
 
 def _per_class(labels, values, num_classes):
-  """sum of ``values`` over examples, binned by label (a bincount; out-of-range dropped)."""
-  return jnp.zeros(num_classes, values.dtype).at[labels.reshape(-1)].add(values.reshape(-1),
-                                                                         mode="drop")
+  """Sum of ``values`` over examples, binned by (clipped) label: a bincount, as for _scatter_add."""
+  index = jnp.clip(labels.reshape(-1), 0, num_classes - 1)
+  return jnp.zeros(num_classes, values.dtype).at[index].add(
+      values.reshape(-1), mode="promise_in_bounds", wrap_negative_indices=False)
 
 
 def _label_weights(labels, weight, ignore_index, num_classes, ct):
@@ -84,6 +92,16 @@ def _label_weights(labels, weight, ignore_index, num_classes, ct):
     w_y = jnp.take(weight.astype(ct), jnp.clip(labels, 0, max(num_classes - 1, 0)), axis=0)
   w_y = jnp.where(in_range, w_y, jnp.nan)  # out of range under jit: loud NaN, never a silent 0
   return jnp.where(kept, w_y, 0.0), kept
+
+
+def _denominator(w_y, weight, ignore_index):
+  """The mean's divisor: sum_n w[y_n] over kept examples; simply N when all count with weight 1.
+
+  (An out-of-range label makes its w_y NaN, so its loss, and the mean, are NaN either way.)
+  """
+  if weight is None and ignore_index is None:
+    return jnp.asarray(w_y.size, w_y.dtype)
+  return jnp.sum(w_y)
 
 
 def _reduce(losses, denominator, reduction):
@@ -134,7 +152,7 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
     losses = ((1.0 - label_smoothing) * losses
               + (label_smoothing / num_classes) * jnp.sum(neg_lsm, axis=axis))
   losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
-  denominator = jnp.sum(w_y)
+  denominator = _denominator(w_y, weight, ignore_index)
   out = _reduce(losses, denominator, reduction).astype(x.dtype)
   # Residuals: the exponentials exp(x - m) (the one logits-sized array: the backward needs no exp
   # of its own), their row sums, and the row-sized lsm[y]. The logits themselves are kept only for
@@ -159,11 +177,12 @@ def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
   if eps > 0.0:
     w_c = 1.0 if weight is None else _weight_broadcast(weight, e.ndim, axis, ct)
     dx = dx - jnp.expand_dims(row_g, axis) * ((eps / num_classes) * w_c)
-  dx = _scatter_add(dx, labels, -row_g * (1.0 - eps) * w_y, axis)
+  dx = _scatter_add(dx, labels, -row_g * (1.0 - eps) * w_y, num_classes, axis)
   dweight = None
   if weight is not None:
     # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
-    dweight = _per_class(labels, -(1.0 - eps) * row_g * lsm_y, num_classes)
+    # where(kept, ...): an ignored row may have lsm_y = -inf, and 0 * inf would be NaN.
+    dweight = _per_class(labels, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
     if eps > 0.0:
       others = tuple(i for i in range(e.ndim) if i != axis)
       dweight = dweight + (eps / num_classes) * jnp.sum(
@@ -249,7 +268,7 @@ def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_class
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   picked = _gather(log_probs, labels, num_classes, axis).astype(ct)
   losses = jnp.where(kept, -w_y * picked, 0.0)
-  denominator = jnp.sum(w_y)
+  denominator = _denominator(w_y, weight, ignore_index)
   out = _reduce(losses, denominator, reduction).astype(log_probs.dtype)
   return out, (labels, weight, picked, denominator, out)
 
@@ -261,10 +280,11 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   ct = _checks.compute_dtype(dtype)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
-  dlog_probs = _scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, axis).astype(dtype)
+  dlog_probs = _scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
+  dlog_probs = dlog_probs.astype(dtype)
   dweight = None
   if weight is not None:
-    dweight = _per_class(labels, -picked * row_g, num_classes)
+    dweight = _per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)
     if reduction == "mean":
       counts = _per_class(labels, kept.astype(ct), num_classes)
       dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts

@@ -127,8 +127,14 @@ def test_out_of_range_label_under_jit_gives_nan_not_a_number():
   f = jax.jit(lambda x, y: jaxsoftmax.cross_entropy(x, y, reduction="none"))
   losses = np.asarray(f(X, jnp.array([0, 9, 2])))
   assert np.isnan(losses[1]) and np.isfinite(losses[[0, 2]]).all()
-  grads = jax.grad(lambda x: jax.jit(jaxsoftmax.nll_loss)(x, jnp.array([0, -5, 2])))(X)
-  assert np.isnan(grads).any()
+  bad = jnp.array([0, -5, 2])  # -5 is no index from the end: out of range
+  for loss in (jaxsoftmax.nll_loss, jaxsoftmax.cross_entropy):
+    grads = np.asarray(jax.grad(lambda x: jax.jit(loss)(x, bad))(X))
+    # The bad row carries NaN, never a silent 0 (nll_loss's gradient touches one entry per row).
+    assert np.isnan(grads[1]).any() and np.isfinite(grads[[0, 2]]).all(), loss
+    options = {"label_smoothing": 0.1} if loss is jaxsoftmax.cross_entropy else {}
+    w_grad = jax.grad(jax.jit(lambda w, y: loss(X, y, weight=w, **options)))
+    assert np.isnan(np.asarray(w_grad(jnp.ones(5), bad))).any()
 
 
 @pytest.mark.parametrize("ndim", [0, 1, 2, 3, 4])
