@@ -29,7 +29,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxsoftmax import _checks
 
@@ -55,6 +54,19 @@ def _scaled(x, temperature):
   return xc if temperature == 1.0 else xc / temperature
 
 
+def _keep(where, v, fill=0.0):
+  """``v`` where the mask keeps an entry, ``fill`` elsewhere (no-op without a mask)."""
+  return v if where is None else jnp.where(where, v, fill)
+
+
+def _input_grad(dx, where, temperature, dtype):
+  """Shared tail of both backward rules: masked entries get 0, then the 1/T of x / T."""
+  dx = _keep(where, dx)
+  if temperature != 1.0:
+    dx = dx / temperature
+  return dx.astype(dtype), None  # None: the mask receives no cotangent
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _softmax(x, where, axes, temperature):
   return _softmax_fwd(x, where, axes, temperature)[0]
@@ -62,14 +74,9 @@ def _softmax(x, where, axes, temperature):
 
 def _softmax_fwd(x, where, axes, temperature):
   xc = _scaled(x, temperature)
-  e = jnp.exp(xc - _max(xc, axes, where))
-  if where is not None:
-    # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
-    e = jnp.where(where, e, 0.0)
-    total = jnp.sum(e, axis=axes, keepdims=True)
-    y = jnp.where(where, e / total, 0.0)
-  else:
-    y = e / jnp.sum(e, axis=axes, keepdims=True)
+  # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
+  e = _keep(where, jnp.exp(xc - _max(xc, axes, where)))
+  y = _keep(where, e / jnp.sum(e, axis=axes, keepdims=True))
   # Residual: the output only, at compute precision (see the module docstring). With a mask, the
   # mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
   return y.astype(x.dtype), (y, where)
@@ -77,15 +84,9 @@ def _softmax_fwd(x, where, axes, temperature):
 
 def _softmax_bwd(axes, temperature, res, g):
   y, where = res
-  gc = g.astype(y.dtype)
-  if where is not None:
-    gc = jnp.where(where, gc, 0.0)
+  gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - jnp.sum(gc * y, axis=axes, keepdims=True))
-  if where is not None:
-    dx = jnp.where(where, dx, 0.0)
-  if temperature != 1.0:
-    dx = dx / temperature
-  return dx.astype(g.dtype), None
+  return _input_grad(dx, where, temperature, g.dtype)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -99,12 +100,8 @@ def _log_softmax(x, where, axes, temperature):
 def _log_softmax_fwd(x, where, axes, temperature):
   xc = _scaled(x, temperature)
   shifted = xc - _max(xc, axes, where)
-  e = jnp.exp(shifted)
-  if where is not None:
-    e = jnp.where(where, e, 0.0)
-  y = shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True))
-  if where is not None:
-    y = jnp.where(where, y, _NEG_INF)
+  e = _keep(where, jnp.exp(shifted))
+  y = _keep(where, shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True)), _NEG_INF)
   # With a mask, a masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit
   # (gradient = upstream gradient, as in torch), so the mask is kept beside the output.
   return y.astype(x.dtype), (y, where)
@@ -112,15 +109,9 @@ def _log_softmax_fwd(x, where, axes, temperature):
 
 def _log_softmax_bwd(axes, temperature, res, g):
   y, where = res
-  gc = g.astype(y.dtype)
-  if where is not None:
-    gc = jnp.where(where, gc, 0.0)
+  gc = _keep(where, g.astype(y.dtype))
   dx = gc - jnp.exp(y) * jnp.sum(gc, axis=axes, keepdims=True)
-  if where is not None:
-    dx = jnp.where(where, dx, 0.0)
-  if temperature != 1.0:
-    dx = dx / temperature
-  return dx.astype(g.dtype), None
+  return _input_grad(dx, where, temperature, g.dtype)
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)

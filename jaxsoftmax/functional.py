@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxsoftmax import _checks
 from jaxsoftmax import _losses
 from jaxsoftmax import _softmax
-from jaxsoftmax._errors import ArgumentError
+from jaxsoftmax._errors import ArgumentError, DTypeError
 
 __all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax"]
 
@@ -132,7 +132,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
   axis = _class_dim(x, op)
   if target.shape == x.shape:  # torch's rule: same shape means class probabilities
     if not jnp.issubdtype(target.dtype, jnp.floating):
-      raise _losses.DTypeError(
+      raise DTypeError(
           f"{op}: Expected floating point type for target with class probabilities, got "
           f"{target.dtype}."
       )
@@ -142,7 +142,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
     ignore_index = None
   else:
     if not jnp.issubdtype(target.dtype, jnp.integer):
-      raise _losses.DTypeError(
+      raise DTypeError(
           f"{op}: expected target of class indices to have an integer dtype, but got "
           f"{target.dtype} (class probabilities must have input's shape {x.shape}; got "
           f"{target.shape})."
@@ -161,7 +161,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
   target = jnp.asarray(target)
   axis = _class_dim(x, op)
   if not jnp.issubdtype(target.dtype, jnp.integer):
-    raise _losses.DTypeError(f"{op}: target must hold integer class indices; got {target.dtype}.")
+    raise DTypeError(f"{op}: target must hold integer class indices; got {target.dtype}.")
   _check_batch(x, target, op)
   return _losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                           reduction=reduction)

@@ -276,10 +276,9 @@ class Case:
 
   @property
   def id(self) -> str:
-    ps = ",".join(f"{k}={v}" for k, v in self.params if k not in ("weighted", "targets")) or "-"
-    extras = [self.p.get("targets", ""), "weighted" if self.p.get("weighted") else ""]
-    extra = "".join(f",{e}" for e in extras if e)
-    return f"{self.op}-{self.dtype}-{'x'.join(map(str, self.shape)) or 'scalar'}-{ps}{extra}-{self.values}"
+    params = ",".join(f"{k}={v}" for k, v in self.params) or "-"
+    shape = "x".join(map(str, self.shape)) or "scalar"
+    return f"{self.op}-{self.dtype}-{shape}-{params}-{self.values}"
 
 
 def _params(**kw) -> tuple[tuple[str, Any], ...]:
