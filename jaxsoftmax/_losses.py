@@ -40,8 +40,7 @@ __all__ = ["cross_entropy", "nll_loss"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers shared by both losses. ``labels_k`` is ``labels`` with a size-1 class axis inserted, so
-# everything broadcasts against the logits without moving the class axis (no transposes).
+# Helpers shared by both losses. They address the class axis where it is: no transposes.
 
 
 def _at_labels(labels, axis):
@@ -50,8 +49,7 @@ def _at_labels(labels, axis):
   Gathering and scattering through it touches one element per example; a one-hot
   ``iota == label`` mask instead makes XLA:CPU materialise logits-sized arrays (measured).
   """
-  num_classes_axis_free = jnp.indices(labels.shape, sparse=True)
-  index = list(num_classes_axis_free)
+  index = list(jnp.indices(labels.shape, sparse=True))  # one index per batch axis
   index.insert(axis, labels)
   return tuple(index)
 
@@ -255,7 +253,7 @@ _ce_probs.defvjp(_ce_probs_fwd, _ce_probs_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
-# nll_loss: the loss is a gather, its gradient a one-hot; no logits-sized residual at all.
+# nll_loss: the loss is a gather, its gradient a scatter; no logits-sized residual at all.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -300,7 +298,8 @@ _nll.defvjp(_nll_fwd, _nll_bwd)
 
 
 def _check_labels(logits, labels, axis, op):
-  """Returns True for integer class labels, False for probability targets (same shape as logits)."""
+  """Returns ``(labels, True)`` for integer class labels, ``(labels, False)`` for probability
+  targets (which must have the logits' shape)."""
   labels = jnp.asarray(labels)
   if jnp.issubdtype(labels.dtype, jnp.integer):
     expected = logits.shape[:axis] + logits.shape[axis + 1:]
@@ -343,6 +342,8 @@ def _prepare_loss(x, labels, axis, weight, reduction, op, name):
   if x.ndim == 0:
     raise ArgumentError(f"{op}: {name} must have a class axis; got a 0-d array.")
   axis = _checks.normalize_axis(axis, x.ndim)
+  if x.shape[axis] == 0:  # torch: IndexError, since no target can be in range
+    raise IndexError(f"{op}: {name} of shape {x.shape} has no classes (size 0 along axis {axis}).")
   labels, indices = _check_labels(x, labels, axis, op)
   weight = _checks.check_weight(weight, x.shape[axis], op)
   reduction = _checks.check_reduction(reduction)

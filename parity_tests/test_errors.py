@@ -65,6 +65,8 @@ MISTAKES = [
      lambda: tF.cross_entropy(t(X), torch.ones(3, 5, dtype=torch.long)), r"floating point"),
     ("ce-int-input", lambda: F.cross_entropy(np.ones((3, 5), np.int64), T),
      lambda: tF.cross_entropy(torch.ones(3, 5, dtype=torch.long), t(T)), r"input"),
+    ("ce-no-classes", lambda: F.cross_entropy(np.ones((3, 0), np.float32), np.zeros(3, np.int64)),
+     lambda: tF.cross_entropy(torch.ones(3, 0), torch.zeros(3, dtype=torch.long)), r"no classes"),
     ("nll-target-too-large", lambda: F.nll_loss(X, np.array([0, 1, 7])),
      lambda: tF.nll_loss(t(X), t(np.array([0, 1, 7]))), r"target 7"),
     ("nll-batch-mismatch", lambda: F.nll_loss(X, np.array([0, 1])),
