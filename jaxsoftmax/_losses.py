@@ -117,6 +117,11 @@ def _row_cotangent(g, losses_shape, denominator, reduction):
   return jnp.broadcast_to(scale, losses_shape)
 
 
+def _neg_log_softmax(xc, m, total):
+  """-log_softmax from the row max and the sum of exp(x - m), without cancellation."""
+  return jnp.log(total) - (xc - m)
+
+
 def _weight_broadcast(weight, ndim, axis, ct):
   shape = [1] * ndim
   shape[axis] = -1
@@ -139,12 +144,14 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
   e = jnp.exp(xc - m)
   total = jnp.sum(e, axis=axis, keepdims=True)
-  lse = m + jnp.log(total)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  picked = _gather(xc, labels, num_classes, axis)
-  losses = w_y * (jnp.squeeze(lse, axis) - picked)  # -w[y] * lsm[y]
+  # lsm = (x - m) - log(total), in that order: forming m + log(total) first would round the
+  # log-sum-exp at the magnitude of the logits (x = [1e4, 1e4] gave 0.69336, not log 2).
+  lsm_y = (_gather(xc, labels, num_classes, axis) - jnp.squeeze(m, axis)) - jnp.squeeze(
+      jnp.log(total), axis)
+  losses = -w_y * lsm_y
   if label_smoothing > 0.0:
-    neg_lsm = lse - xc
+    neg_lsm = _neg_log_softmax(xc, m, total)
     if weight is not None:
       neg_lsm = neg_lsm * _weight_broadcast(weight, x.ndim, axis, ct)
     losses = ((1.0 - label_smoothing) * losses
@@ -153,15 +160,14 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   denominator = _denominator(w_y, weight, ignore_index)
   out = _reduce(losses, denominator, reduction).astype(x.dtype)
   # Residuals: the exponentials exp(x - m) (the one logits-sized array: the backward needs no exp
-  # of its own), their row sums, and the row-sized lsm[y]. The logits themselves are kept only for
+  # of its own), row-sized m, their row sums and lsm[y]. The logits themselves are kept only for
   # the exact weight gradient under label smoothing, which needs every lsm[c].
-  lsm_y = picked - jnp.squeeze(lse, axis)
   keep_x = x if (weight is not None and label_smoothing > 0.0) else None
-  return out, (e, total, lse, lsm_y, labels, weight, denominator, out, keep_x)
+  return out, (e, total, m, lsm_y, labels, weight, denominator, out, keep_x)
 
 
 def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
-  e, total, lse, lsm_y, labels, weight, denominator, out, x = res
+  e, total, m, lsm_y, labels, weight, denominator, out, x = res
   ct = e.dtype
   num_classes = e.shape[axis]
   eps = label_smoothing
@@ -184,7 +190,7 @@ def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
     if eps > 0.0:
       others = tuple(i for i in range(e.ndim) if i != axis)
       dweight = dweight + (eps / num_classes) * jnp.sum(
-          jnp.expand_dims(row_g, axis) * (lse - x.astype(ct)), axis=others)
+          jnp.expand_dims(row_g, axis) * _neg_log_softmax(x.astype(ct), m, total), axis=others)
     if reduction == "mean":  # the denominator sum_n w[y_n] depends on w too
       counts = _per_class(labels, kept.astype(ct), num_classes)
       dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
@@ -216,31 +222,31 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
-  lse = m + jnp.log(jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True))
+  total = jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
   if weight is not None:
     wt = wt * _weight_broadcast(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
-  losses = jnp.sum(wt * (lse - xc), axis=axis)
+  losses = jnp.sum(wt * _neg_log_softmax(xc, m, total), axis=axis)
   rows = x.size // num_classes if num_classes else 0
   out = _reduce(losses, jnp.asarray(rows, ct), reduction).astype(x.dtype)
-  return out, (x, targets, weight, lse)
+  return out, (x, targets, weight, m, total)
 
 
 def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
-  x, targets, weight, lse = res
+  x, targets, weight, m, total = res
   ct = _checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   rows = x.size // num_classes if num_classes else 0
-  row_g = _row_cotangent(g.astype(ct), lse.shape[:axis] + lse.shape[axis + 1:],
+  row_g = _row_cotangent(g.astype(ct), m.shape[:axis] + m.shape[axis + 1:],
                          jnp.asarray(rows, ct), reduction)
   row_g = jnp.expand_dims(row_g, axis)
   t = _smoothed(targets, label_smoothing, num_classes, ct)
   w_c = 1.0 if weight is None else _weight_broadcast(weight, x.ndim, axis, ct)
   wt = t * w_c
-  neg_lsm = lse - xc
-  dx = row_g * (jnp.exp(xc - lse) * jnp.sum(wt, axis=axis, keepdims=True) - wt)
+  neg_lsm = _neg_log_softmax(xc, m, total)
+  dx = row_g * (jnp.exp(xc - m) / total * jnp.sum(wt, axis=axis, keepdims=True) - wt)
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
   dweight = None
   if weight is not None:

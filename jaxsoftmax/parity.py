@@ -286,7 +286,9 @@ def _params(**kw) -> tuple[tuple[str, Any], ...]:
 
 
 FAMILY_SHAPES = [(), (7,), (0,), (3, 5), (4, 0), (2, 3, 5), (2, 3, 4, 5), (2, 423)]
-EXTREMES = ("large", "neg_inf", "pos_inf", "nan")
+# "large_ties": 1e4 + small integers, ties at a large magnitude (the fuzzer found the log-sum-exp
+# rounded at that magnitude, see parity_tests/test_properties.py).
+EXTREMES = ("large", "large_ties", "neg_inf", "pos_inf", "nan")
 
 
 def _family_cases(dtype):
@@ -334,7 +336,7 @@ def _ce_cases(dtype):
         kw["ignore_index"] = ignore
       yield Case("cross_entropy", dtype, shape, _params(**kw))
   edge = dict(reduction="mean", label_smoothing=0.0, targets="index", weighted=False)
-  for values in ("large", "neg_inf", "all_ignored"):
+  for values in ("large", "large_ties", "neg_inf", "all_ignored"):
     for reduction in ("mean", "sum", "none"):
       kw = {**edge, "reduction": reduction, "label_smoothing": 0.1}
       if values == "all_ignored":
@@ -345,9 +347,10 @@ def _ce_cases(dtype):
                                                          "targets": targets}))
   for shape, targets, weighted in (((5, 7), "index", True), ((2, 3, 7), "probs", True),
                                    ((2, 3, 7), "index", False)):
-    yield Case("cross_entropy[axis=-1]", dtype, shape, _params(
-        reduction="mean", label_smoothing=0.1, targets=targets, weighted=weighted,
-        **({"ignore_index": 2} if targets == "index" else {})))
+    for values in ("normal", "large_ties"):
+      yield Case("cross_entropy[axis=-1]", dtype, shape, _params(
+          reduction="mean", label_smoothing=0.1, targets=targets, weighted=weighted,
+          **({"ignore_index": 2} if targets == "index" else {})), values)
   for layout in ("2d", "kdim"):
     for weighted, ignore, reduction in itertools.product((False, True), (None, 2),
                                                          ("mean", "sum", "none")):
@@ -398,6 +401,8 @@ def _values(rng, shape, kind, dim):
   x = rng.standard_normal(shape) * 3.0
   if kind == "large":
     x = rng.uniform(-1e4, 1e4, shape)
+  elif kind == "large_ties":
+    x = 1e4 + rng.integers(-2, 3, shape).astype(np.float64)
   elif kind == "fp16_max":
     x = rng.uniform(6.0e4, 65504.0, shape) * rng.choice([-1.0, 1.0], shape)
   elif kind == "neg_inf":

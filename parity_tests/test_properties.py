@@ -5,7 +5,7 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import torch
 import torch.nn.functional as tF
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import jax
@@ -49,6 +49,12 @@ def test_softmax_family(data, op, dim_seed):
   _grad_pair(lambda a: getattr(F, op)(a, dim), lambda a: getattr(tF, op)(a, dim), x, dtype)
 
 
+# Found by `make fuzz`: with logits [1e4, 1e4] the loss came out 0.69336, not log 2, because the
+# log-sum-exp was rounded at the logits' magnitude before the label's logit was subtracted.
+@example(data=("float32", np.array([[1e4, 1e4]])), weighted=False, ignore=False, smoothing=0.0,
+         reduction="mean", probs=False, seed=0)
+@example(data=("float32", np.array([[1e4, 1e4, 9999.0]])), weighted=True, ignore=False,
+         smoothing=0.3, reduction="none", probs=True, seed=0)
 @given(data=logits(min_dims=2), weighted=st.booleans(), ignore=st.booleans(),
        smoothing=st.sampled_from([0.0, 0.3, 1.0]), reduction=st.sampled_from(["mean", "sum", "none"]),
        probs=st.booleans(), seed=st.integers(0, 2**16))
