@@ -32,6 +32,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxsoftmax import _checks
 from jaxsoftmax._errors import ArgumentError, DTypeError
@@ -105,7 +106,10 @@ def _denominator(w_y, weight, ignore_index):
 def _reduce(losses, denominator, reduction):
   if reduction == "none":
     return losses
-  total = jnp.sum(losses)
+  # Finish the per-example losses first, then sum them. Left to itself XLA merges the class-axis
+  # and batch sums into one flat float32 reduction, whose order was measured 19 ulps off on 180
+  # equal terms (found by `make fuzz`); torch accumulates such sums in double or by cascade.
+  total = jnp.sum(lax.optimization_barrier(losses))
   return total if reduction == "sum" else total / denominator
 
 

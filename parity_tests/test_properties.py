@@ -55,6 +55,9 @@ def test_softmax_family(data, op, dim_seed):
          reduction="mean", probs=False, seed=0)
 @example(data=("float32", np.array([[1e4, 1e4, 9999.0]])), weighted=True, ignore=False,
          smoothing=0.3, reduction="none", probs=True, seed=0)
+# Found by `make fuzz`: 30 rows of equal losses summed 19 ulps off (merged float32 reductions).
+@example(data=("float32", np.zeros((5, 6, 6))), weighted=False, ignore=False, smoothing=1.0,
+         reduction="sum", probs=True, seed=0)
 @given(data=logits(min_dims=2), weighted=st.booleans(), ignore=st.booleans(),
        smoothing=st.sampled_from([0.0, 0.3, 1.0]), reduction=st.sampled_from(["mean", "sum", "none"]),
        probs=st.booleans(), seed=st.integers(0, 2**16))
