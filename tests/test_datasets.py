@@ -84,3 +84,15 @@ def test_idx_errors_name_the_file_and_offset(tmp_path):
   (tmp_path / "cut.gz").write_bytes(gzip.compress(good)[:30])
   with pytest.raises(ValueError, match="cut.gz: corrupt gzip"):
     datasets.read_idx(tmp_path / "cut.gz")
+
+
+def test_mnist_sample_is_real_and_split_per_class():
+  mnist = datasets.load_mnist_sample()
+  (x_train, y_train), (x_test, y_test) = mnist["train"], mnist["test"]
+  assert x_train.shape == (4000, 28, 28, 1) and x_test.shape == (1000, 28, 28, 1)
+  assert np.bincount(y_test).tolist() == [100] * 10  # stratified
+  assert 0.0 == x_train.min() and x_train.max() == 1.0 and x_train.dtype == np.float32
+  again = datasets.load_mnist_sample()
+  np.testing.assert_array_equal(again["test"][1], y_test)  # deterministic for a seed
+  with pytest.raises(ValueError, match="held_out"):
+    datasets.load_mnist_sample(held_out=1.5)
