@@ -87,6 +87,7 @@ class Result:
   ece_after: float
   losses: list[float]
   torch_losses: list[float] | None = None
+  model: nnx.Module | None = dataclasses.field(default=None, repr=False)  # the trained model
 
   @property
   def max_divergence(self) -> float | None:
@@ -171,7 +172,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
       nll_after=float(calibration.nll(test_logits, y_test, temperature=temperature)),
       ece_before=calibration.expected_calibration_error(probs(1.0), y_test),
       ece_after=calibration.expected_calibration_error(probs(temperature), y_test),
-      losses=losses, torch_losses=torch_losses if twin is not None else None)
+      losses=losses, torch_losses=torch_losses if twin is not None else None, model=model)
   if out is not None:
     calibration.reliability_diagram(probs(1.0), y_test, out / "reliability_before.png",
                                     title=f"{task}, T=1")
@@ -179,8 +180,8 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
                                     title=f"{task}, T={temperature:.2f}")
     if result.torch_losses is not None:
       _plot_curves(result, out / "loss_curves.png")
-    metrics = {k: v for k, v in dataclasses.asdict(result).items()
-               if k not in ("losses", "torch_losses")}
+    metrics = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+               if f.name not in ("losses", "torch_losses", "model")}
     metrics["max_divergence"] = result.max_divergence
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
   return result
