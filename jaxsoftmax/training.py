@@ -25,21 +25,23 @@ from jaxsoftmax import calibration, datasets, interop, models
 __all__ = ["loss_fn", "train_step", "fit", "TASKS"]
 
 
-def loss_fn(model: nnx.Module, x: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean cross-entropy of the model's logits (the loss includes the softmax)."""
-  return jaxsoftmax.cross_entropy(model(x), labels)
+def loss_fn(model: nnx.Module, x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean cross-entropy of the model's logits (the loss includes the softmax), and the logits."""
+  logits = model(x)
+  return jaxsoftmax.cross_entropy(logits, labels), logits
 
 
 @nnx.jit
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array,
-               labels: jax.Array) -> jax.Array:
-  """One optimizer step on a batch; returns the loss before the step."""
-  loss, grads = nnx.value_and_grad(loss_fn)(model, x, labels)
+               labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One optimizer step on a batch; returns the loss and the batch accuracy before the step."""
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, labels)
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
   # optax's adam mixes Python floats with int32 step counts, which a user's global
   # jax_numpy_dtype_promotion="strict" rejects; our own code is strict-clean.
   with jax.numpy_dtype_promotion("standard"):
     optimizer.update(model, grads)
-  return loss
+  return loss, accuracy
 
 
 @nnx.jit
@@ -136,7 +138,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
   steps_per_epoch = len(y_train) // batch_size
   total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
   task_id = progress.add_task(f"train {task}", total=total) if progress else None
-  losses, torch_losses, step, epoch_times = [], [], 0, []
+  losses, torch_losses, step, epoch_times, running_acc = [], [], 0, [], 0.0
   for epoch in range(epochs):
     start = time.perf_counter()
     perm = rng.permutation(len(y_train))
@@ -145,13 +147,15 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
         break
       idx = perm[i * batch_size:(i + 1) * batch_size]
       xb, yb = x_train[idx], y_train[idx]
-      losses.append(float(train_step(model, optimizer, jnp.asarray(xb), jnp.asarray(yb))))
+      loss, batch_acc = train_step(model, optimizer, jnp.asarray(xb), jnp.asarray(yb))
+      losses.append(float(loss))
+      running_acc = 0.9 * running_acc + 0.1 * float(batch_acc) if step else float(batch_acc)
       if twin is not None:
         torch_losses.append(_torch_step(twin, torch_opt, xb, yb))
       step += 1
       if progress:
         progress.update(task_id, advance=1, description=f"train {task} epoch {epoch + 1} "
-                                                         f"loss {losses[-1]:.4f}")
+                        f"loss {losses[-1]:.4f} acc {running_acc:.3f}")
     epoch_times.append(time.perf_counter() - start)
     accuracy = float((_predict(model, x_test).argmax(-1) == y_test).mean())
     if progress:

@@ -150,7 +150,7 @@ def test_twenty_adam_steps_match_torch():
   torch_opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
   with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 counts
     optimizer = nnx.Optimizer(ours, optax.adam(1e-3), wrt=nnx.Param)
-    ours_losses = [float(train_step(ours, optimizer, jnp.asarray(x), jnp.asarray(y)))
+    ours_losses = [float(train_step(ours, optimizer, jnp.asarray(x), jnp.asarray(y))[0])
                    for x, y in batches]
   their_losses = []
   for x, y in batches:
