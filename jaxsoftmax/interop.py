@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxsoftmax._errors import ArgumentError
 
-__all__ = ["from_torch", "to_torch", "load_state_dict"]
+__all__ = ["from_torch", "to_torch", "torch_layout", "load_state_dict"]
 
 
 def _layers(model: nnx.Module) -> dict[str, nnx.Module]:
@@ -80,16 +80,22 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, object]) -> nnx.Modul
   return model
 
 
+def torch_layout(model: nnx.Module) -> "collections.OrderedDict[str, np.ndarray]":
+  """The model's weights as NumPy arrays under torch's keys and layouts (no torch needed)."""
+  state = collections.OrderedDict()
+  for name, layer in _layers(model).items():
+    state[f"{name}.weight"] = np.ascontiguousarray(
+        _to_torch_layout(layer, np.asarray(layer.kernel[...])))
+    state[f"{name}.bias"] = np.array(layer.bias[...])
+  return state
+
+
 def to_torch(model: nnx.Module) -> "collections.OrderedDict[str, object]":
   """The model's weights as a torch ``state_dict`` that ``load_state_dict(strict=True)`` accepts."""
   import torch  # noqa: PLC0415 - only this direction needs torch
 
-  state = collections.OrderedDict()
-  for name, layer in _layers(model).items():
-    kernel = _to_torch_layout(layer, np.asarray(layer.kernel[...]))
-    state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
-    state[f"{name}.bias"] = torch.from_numpy(np.array(layer.bias[...]))
-  return state
+  return collections.OrderedDict(
+      (key, torch.from_numpy(value)) for key, value in torch_layout(model).items())
 
 
 def load_state_dict(path) -> dict[str, np.ndarray]:

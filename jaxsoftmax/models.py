@@ -49,8 +49,6 @@ class IncomeClassifier(nnx.Module):
   Input ``[batch, 13]`` standardised features; output ``[batch, 2]`` logits.
   """
 
-  num_features = 13
-
   def __init__(self, *, rngs: nnx.Rngs):
     self.fc1 = _linear(13, 64, rngs)
     self.fc2 = _linear(64, 32, rngs)

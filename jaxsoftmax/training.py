@@ -70,9 +70,8 @@ def _save_atomically(model, path: pathlib.Path) -> None:
   """Weights in torch layout as safetensors (loadable by both frameworks), via temp + rename."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
-  state = {k: np.ascontiguousarray(v.numpy()) for k, v in interop.to_torch(model).items()}
   tmp = path.with_name(path.name + ".tmp")
-  save_file(state, tmp)
+  save_file(dict(interop.torch_layout(model)), tmp)
   os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new, never half
 
 
@@ -113,6 +112,11 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
   """
   if task not in TASKS:
     raise ValueError(f"task must be one of {sorted(TASKS)}; got {task!r}")
+  for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    if value < 1:
+      raise ValueError(f"{name} must be at least 1; got {name}={value}")
+  if not 0.0 < validation < 1.0:
+    raise ValueError(f"validation must be a fraction in (0, 1); got {validation!r}")
   x_all, y_all, x_test, y_test = _load(task, mnist_dir, seed)
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(y_all))
@@ -136,11 +140,13 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     out.mkdir(parents=True, exist_ok=True)
 
   steps_per_epoch = len(y_train) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={batch_size} exceeds the {len(y_train)} training examples")
   total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
   task_id = progress.add_task(f"train {task}", total=total) if progress else None
   losses, torch_losses, step, epoch_times, running_acc = [], [], 0, [], 0.0
   for epoch in range(epochs):
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), step
     perm = rng.permutation(len(y_train))
     for i in range(steps_per_epoch):
       if step >= total:
@@ -159,7 +165,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     epoch_times.append(time.perf_counter() - start)
     accuracy = float((_predict(model, x_test).argmax(-1) == y_test).mean())
     if progress:
-      progress.console.print(f"epoch {epoch + 1}: loss {np.mean(losses[-steps_per_epoch:]):.4f}, "
+      progress.console.print(f"epoch {epoch + 1}: loss {np.mean(losses[first_step:]):.4f}, "
                              f"held-out accuracy {accuracy:.4f}, {epoch_times[-1]:.2f} s")
     if out is not None:
       _save_atomically(model, out / "checkpoint.safetensors")

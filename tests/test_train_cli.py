@@ -20,3 +20,24 @@ def test_train_command_writes_checkpoint_metrics_and_charts(task, tmp_path, caps
   assert "fc3.weight" in weights and not list(tmp_path.glob("*.tmp"))
   out = capsys.readouterr().out
   assert "held-out accuracy" in out and "ECE" in out and "largest loss difference" in out
+
+
+def test_training_and_its_checkpoint_need_no_torch(tmp_path):
+  import subprocess
+  import sys
+
+  code = ("import sys; sys.modules['torch'] = None; from jaxsoftmax.training import fit; "
+          f"r = fit('income', epochs=1, max_steps=5, out={str(tmp_path)!r}); print(len(r.losses))")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == "5" and (tmp_path / "checkpoint.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bad, match", [(dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),
+                                        (dict(validation=0.0), "validation"),
+                                        (dict(batch_size=10**6), "exceeds")])
+def test_fit_rejects_bad_arguments(bad, match):
+  from jaxsoftmax.training import fit
+
+  with pytest.raises(ValueError, match=match):
+    fit("income", **{"epochs": 1, **bad})
