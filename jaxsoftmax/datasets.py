@@ -13,8 +13,8 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["Adult", "load_adult", "read_adult_file", "read_idx", "load_mnist", "load_mnist_sample",
-           "ADULT_DIR"]
+__all__ = ["Adult", "load_adult", "read_adult_file", "read_idx", "write_idx", "load_mnist",
+           "load_mnist_sample", "ADULT_DIR"]
 
 ADULT_DIR = pathlib.Path(__file__).parent / "data" / "adult"
 
@@ -162,6 +162,32 @@ def read_idx(path, *, ndim: int | None = None) -> np.ndarray:
     raise ValueError(f"{path}: header promises shape {shape} ({expected} bytes from byte {header}), "
                      f"but {len(raw) - header} bytes follow")
   return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def write_idx(path, array) -> pathlib.Path:
+  """Writes ``array`` as an IDX file (gzipped when ``path`` ends in ``.gz``), atomically.
+
+  The inverse of :func:`read_idx`: ``read_idx(write_idx(p, a))`` equals ``a``.
+  """
+  path = pathlib.Path(path)
+  array = np.asarray(array)
+  codes = {np.dtype(v).newbyteorder(">") if np.dtype(v).itemsize > 1 else np.dtype(v): k
+           for k, v in IDX_TYPES.items()}
+  big = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+  if big not in codes:
+    raise TypeError(f"array dtype must be one of uint8, int8, int16, int32, float32, float64 for "
+                    f"IDX; got {array.dtype}")
+  if array.ndim > 255 or any(d >= 2**32 for d in array.shape):
+    raise ValueError(f"array shape {array.shape} does not fit an IDX header")
+  header = bytes([0, 0, codes[big], array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  raw = header + np.ascontiguousarray(array, dtype=big).tobytes()
+  if path.suffix == ".gz":
+    raw = gzip.compress(raw, mtime=0)  # mtime 0: the same array gives the same bytes
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(raw)
+  tmp.replace(path)
+  return path
 
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

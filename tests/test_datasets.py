@@ -96,3 +96,18 @@ def test_mnist_sample_is_real_and_split_per_class():
   np.testing.assert_array_equal(again["test"][1], y_test)  # deterministic for a seed
   with pytest.raises(ValueError, match="held_out"):
     datasets.load_mnist_sample(held_out=1.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_write_idx_round_trips_through_read_idx(tmp_path, dtype, name):
+  array = (np.arange(24) - 3).astype(dtype).reshape(2, 3, 4)
+  back = datasets.read_idx(datasets.write_idx(tmp_path / name, array))
+  assert back.dtype.kind == array.dtype.kind and back.dtype.itemsize == array.dtype.itemsize
+  np.testing.assert_array_equal(back, array)
+  assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_write_idx_refuses_dtypes_the_format_lacks(tmp_path):
+  with pytest.raises(TypeError, match="array dtype must be one of .* got int64"):
+    datasets.write_idx(tmp_path / "a.idx", np.zeros(3, np.int64))
