@@ -7,6 +7,7 @@ mirrors ``torch.nn.functional``; ``jaxsoftmax.nn`` mirrors ``torch.nn`` as Flax 
 
 from jaxsoftmax._errors import ArgumentError as ArgumentError
 from jaxsoftmax._errors import DTypeError as DTypeError
+from jaxsoftmax._linear import linear_cross_entropy as linear_cross_entropy
 from jaxsoftmax._losses import cross_entropy as cross_entropy
 from jaxsoftmax._losses import nll_loss as nll_loss
 from jaxsoftmax._softmax import log_softmax as log_softmax
@@ -19,6 +20,7 @@ __all__ = [
     "ArgumentError",
     "DTypeError",
     "cross_entropy",
+    "linear_cross_entropy",
     "log_softmax",
     "nll_loss",
     "softmax",

@@ -12,17 +12,21 @@ it silently); ``gumbel_softmax`` needs an explicit ``key``; ``tau <= 0`` raises.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 
 import jax
 import jax.numpy as jnp
 
 from jaxsoftmax import _checks
+from jaxsoftmax import _linear
 from jaxsoftmax import _losses
 from jaxsoftmax import _softmax
 from jaxsoftmax._errors import ArgumentError, DTypeError
 
-__all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax"]
+__all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax",
+           "linear_cross_entropy", "LinearCrossEntropyOptions"]
 
 
 def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
@@ -165,6 +169,83 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
   _check_batch(x, target, op)
   return _losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                           reduction=reduction)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCrossEntropyOptions:
+  """``torch.nn.LinearCrossEntropyOptions``, as far as it means anything here.
+
+  ``batch_chunk_size`` is the rows per chunk (default: 32 MiB of float32 logits per chunk). torch's
+  ``acc_policy``/``acc_dtype`` choose its accumulation precision; jaxsoftmax always accumulates in
+  float32, so they are accepted and ignored. A torch ``LinearCrossEntropyOptions`` instance is
+  accepted as well.
+  """
+
+  batch_chunk_size: int | None = None
+  chunking_method: str | None = "auto"
+  acc_policy: str = "auto"
+  acc_dtype: object = None
+  allow_retain_graph: bool = False
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction: str = "mean", ignore_index: int | None = None,
+                         label_smoothing: float = 0.0, options=None) -> jax.Array:
+  r"""``torch.nn.functional.linear_cross_entropy``: ``cross_entropy(linear(input, W, b), target)``.
+
+  ``input`` is ``(D)`` or ``(N, D)``; ``linear_weight`` is torch's ``(C, D)`` (or
+  ``(C, d1, ..., dK, D)`` for a K-dimensional loss); ``target`` holds class indices of shape
+  ``()``/``(N)``/``(N, d1, ..., dK)`` or class probabilities ``(C)``/``(N, C)``/``(N, C, d1..dK)``.
+
+  Integer targets with a 2-d weight run the chunked core (:func:`jaxsoftmax.linear_cross_entropy`,
+  never forming the logits), whatever ``options`` is: torch's reference (``options=None``) and
+  chunked paths compute the same loss. Probability targets and K-dimensional weights form the
+  logits and call :func:`cross_entropy`, as torch's chunked path falls back to its reference.
+  ``ignore_index=None`` means -100 for class indices, as in torch.
+  """
+  op = "linear_cross_entropy"
+  x = _checks.as_float_array(input, "input", op)
+  w = _checks.as_float_array(linear_weight, "linear_weight", op)
+  target = jnp.asarray(target)
+  if x.ndim not in (1, 2):
+    raise ArgumentError(f"{op}: input must be (in_features) or (N, in_features); got shape "
+                        f"{x.shape}.")
+  if w.ndim < 2:
+    raise ArgumentError(f"{op}: linear_weight must be (C, in_features) or (C, d1, ..., dK, "
+                        f"in_features); got shape {w.shape}.")
+  if w.ndim > 2 and x.ndim != 2:
+    raise ArgumentError(f"{op}: a K-dimensional linear_weight {w.shape} needs batched input "
+                        f"(N, in_features); got input of shape {x.shape}.")
+  chunk = getattr(options, "batch_chunk_size", None) if options is not None else None
+  indices = jnp.issubdtype(target.dtype, jnp.integer)
+  if indices and w.ndim == 2 and target.shape == x.shape[:-1]:
+    return _linear._validated_call(
+        op, ("input", "linear_weight", "target", "linear_bias"), x, w, target, linear_bias, weight,
+        -100 if ignore_index is None else ignore_index, label_smoothing, reduction, chunk, vd=True)
+  # The reference path: form the logits (N, C, d1, ..., dK), then cross_entropy over dim 1.
+  if x.shape[-1] != w.shape[-1]:
+    raise ArgumentError(f"{op}: input's in_features {x.shape[-1]} (shape {x.shape}) must equal "
+                        f"linear_weight's last dimension (shape {w.shape}).")
+  if x.dtype != w.dtype:
+    raise DTypeError(f"{op}: input and linear_weight must have the same dtype; got input "
+                     f"{x.dtype} and linear_weight {w.dtype}.")
+  # Half inputs: float32 logits (float32 accumulation), the loss rounded once at the end.
+  ct = _checks.compute_dtype(x.dtype)
+  out_shape = w.shape[:-1]
+  logits = jax.lax.dot_general(x, w.reshape(math.prod(out_shape), w.shape[-1]),
+                               (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=ct)
+  if linear_bias is not None:
+    b = _checks.as_float_array(linear_bias, "linear_bias", op)
+    if b.shape != out_shape and b.shape != (math.prod(out_shape),):
+      raise ArgumentError(f"{op}: linear_bias must have shape {out_shape}; got {b.shape}.")
+    logits = logits + b.astype(ct).reshape((1,) * (logits.ndim - 1) + (-1,))
+  logits = logits.reshape(x.shape[:-1] + out_shape)
+  if not indices:
+    target = target.astype(ct)
+  loss = cross_entropy(logits, target, weight=weight,
+                       ignore_index=-100 if ignore_index is None else ignore_index,
+                       reduction=reduction, label_smoothing=label_smoothing)
+  return loss.astype(x.dtype)
 
 
 def _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim):

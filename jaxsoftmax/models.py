@@ -11,34 +11,23 @@ use PyTorch's, and train like the originals.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 import jaxsoftmax
+from jaxsoftmax.nn import torch_uniform
 
 __all__ = ["IncomeClassifier", "DigitClassifier", "predict_proba", "predict_digit"]
 
 
-def _torch_uniform(fan_in: int):
-  """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default for weights and biases alike."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
 def _linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  init = _torch_uniform(fan_in)
+  init = torch_uniform(fan_in)
   return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, rngs=rngs)
 
 
 def _conv(in_channels: int, out_channels: int, kernel: int, rngs: nnx.Rngs) -> nnx.Conv:
-  init = _torch_uniform(in_channels * kernel * kernel)
+  init = torch_uniform(in_channels * kernel * kernel)
   return nnx.Conv(in_channels, out_channels, (kernel, kernel), padding="VALID", kernel_init=init,
                   bias_init=init, rngs=rngs)
 

@@ -7,17 +7,32 @@ restored with it, but not an ``nnx.Param``, so optimizers built on ``nnx.Param``
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxsoftmax import _linear
 from jaxsoftmax import functional as F
 
-__all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss"]
+__all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss",
+           "LinearCrossEntropyLoss"]
 
 
 class Buffer(nnx.Variable):
   """Non-trainable module state, like a torch buffer."""
+
+
+def torch_uniform(fan_in: int):
+  """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default init for Linear/Conv weights and
+  biases (``kaiming_uniform_(a=sqrt(5))`` works out to the same bound)."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
 
 
 class _DimModule(nnx.Module):
@@ -106,3 +121,49 @@ class NLLLoss(_WeightedLoss):
   def __call__(self, input, target) -> jax.Array:
     return F.nll_loss(input, target, weight=self._weight(), ignore_index=self.ignore_index,
                       reduction=self.reduction)
+
+
+class LinearCrossEntropyLoss(nnx.Module):
+  """``torch.nn.LinearCrossEntropyLoss``: a Linear head fused with cross-entropy.
+
+  The projection is an ``nnx.Linear`` (kernel ``(in_features, C * prod(out_features))``, torch's
+  ``linear.weight`` transposed), initialised as torch's ``nn.Linear``; the loss is
+  :func:`jaxsoftmax.linear_cross_entropy` (chunked, the logits never formed) for integer targets
+  and ``out_features=()``, and the reference path otherwise.
+
+  Example:
+    >>> loss = LinearCrossEntropyLoss(16, 100, rngs=nnx.Rngs(0))
+    >>> loss(jnp.ones((4, 16)), jnp.array([1, 2, 3, 4])).shape
+    ()
+  """
+
+  def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+               bias: bool = False, dtype=jnp.float32, reduction: str = "mean", weight=None,
+               ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
+               rngs: nnx.Rngs):
+    self.num_classes, self.out_features = num_classes, tuple(out_features)
+    init = torch_uniform(in_features)
+    self.linear = nnx.Linear(in_features, num_classes * math.prod(self.out_features),
+                             use_bias=bias, kernel_init=init, bias_init=init, dtype=dtype,
+                             param_dtype=dtype, rngs=rngs)
+    self.reduction, self.ignore_index = reduction, ignore_index
+    self.label_smoothing, self.options = label_smoothing, options
+    self.weight = None if weight is None else Buffer(jnp.asarray(weight))
+
+  def __call__(self, input, target) -> jax.Array:
+    kernel = self.linear.kernel[...]
+    bias = None if self.linear.bias is None else self.linear.bias[...]
+    weight = None if self.weight is None else self.weight[...]
+    target = jnp.asarray(target)
+    if not self.out_features and jnp.issubdtype(target.dtype, jnp.integer):
+      # The core takes the (D, V) kernel as it is: no transposed copy.
+      x = jnp.asarray(input)
+      chunk = getattr(self.options, "batch_chunk_size", None) if self.options else None
+      return _linear._validated_call(
+          "LinearCrossEntropyLoss", ("input", "linear.kernel", "target", "linear.bias"), x,
+          kernel, target, bias, weight, -100 if self.ignore_index is None else self.ignore_index,
+          self.label_smoothing, self.reduction, chunk, vd=False)
+    torch_weight = kernel.T.reshape((self.num_classes,) + self.out_features + (kernel.shape[0],))
+    return F.linear_cross_entropy(
+        input, torch_weight, target, linear_bias=bias, weight=weight, reduction=self.reduction,
+        ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options)

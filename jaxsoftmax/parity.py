@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import jaxsoftmax
 from jaxsoftmax import functional as F
@@ -192,6 +193,53 @@ def _gumbel_torch(t, p):
   return y_hard - y_soft.detach() + y_soft
 
 
+def _lce_kwargs(p):
+  kw = _ce_kwargs(p)
+  if "ignore_index" not in p and p.get("targets", "index") == "index":
+    kw["ignore_index"] = None  # linear_cross_entropy's own default (-100 for indices)
+  return kw
+
+
+def _torch_lce(t, p):
+  """torch's linear_cross_entropy; on torch older than 2.13, which lacks it, its documented
+  equivalent ``cross_entropy(linear(input, W, b), target)``."""
+  tF = _tF()
+  kw = _lce_kwargs(p)
+  fn = getattr(tF, "linear_cross_entropy", None)
+  if fn is not None:
+    return fn(t["x"], t["lw"], t["target"], linear_bias=t.get("bias"), weight=t.get("weight"), **kw)
+  w = t["lw"]
+  logits = t["x"] @ w.reshape(-1, w.shape[-1]).T
+  if "bias" in t:
+    logits = logits + t["bias"].reshape(-1)
+  logits = logits.reshape(t["x"].shape[:-1] + w.shape[:-1])
+  kw["ignore_index"] = -100 if kw.get("ignore_index") is None else kw["ignore_index"]
+  return tF.cross_entropy(logits, t["target"], weight=t.get("weight"), **kw)
+
+
+def _torch_lce_module(t, p):
+  """torch.nn.LinearCrossEntropyLoss run with the case's weights (functional_call keeps them
+  differentiable)."""
+  torch = _torch()
+  if not hasattr(torch.nn, "LinearCrossEntropyLoss"):  # torch < 2.13: the module's definition
+    return _torch_lce(t, p)
+  v, d = t["lw"].shape
+  module = torch.nn.LinearCrossEntropyLoss(d, v, bias="bias" in t, weight=t.get("weight"),
+                                           **_lce_kwargs(p)).to(t["lw"].device, t["lw"].dtype)
+  params = {"linear.weight": t["lw"]} | ({"linear.bias": t["bias"]} if "bias" in t else {})
+  return torch.func.functional_call(module, params, (t["x"], t["target"]))
+
+
+def _jax_lce_module(a, p):
+  v, d = a["lw"].shape
+  module = jnn.LinearCrossEntropyLoss(d, v, bias="bias" in a, weight=a.get("weight"),
+                                      rngs=nnx.Rngs(0), **_lce_kwargs(p))
+  module.linear.kernel = nnx.Param(a["lw"].T)  # NNX kernel = torch's Linear.weight transposed
+  if "bias" in a:
+    module.linear.bias = nnx.Param(a["bias"])
+  return module(a["x"], a["target"])
+
+
 OPS: dict[str, Op] = {op.name: op for op in [
     Op("softmax", lambda a, p: F.softmax(a["x"], p["dim"]), lambda t, p: _tF().softmax(t["x"], p["dim"])),
     Op("log_softmax", lambda a, p: F.log_softmax(a["x"], p["dim"]),
@@ -248,6 +296,18 @@ OPS: dict[str, Op] = {op.name: op for op in [
        lambda t, p: _torch().nn.CrossEntropyLoss(weight=t.get("weight"), **_ce_kwargs(p))(
            t["x"], t["target"]),
        diff=("x", "target")),
+    Op("linear_cross_entropy",
+       lambda a, p: F.linear_cross_entropy(a["x"], a["lw"], a["target"], linear_bias=a.get("bias"),
+                                           weight=a.get("weight"), **_lce_kwargs(p)),
+       _torch_lce, diff=("x", "lw", "bias", "target")),
+    Op("linear_cross_entropy[core]",  # the JAX API: a (D, V) kernel, chunked with a ragged end
+       lambda a, p: jaxsoftmax.linear_cross_entropy(
+           a["x"], a["lw"].T, a["target"], bias=a.get("bias"), weight=a.get("weight"),
+           ignore_index=p.get("ignore_index"), label_smoothing=p.get("label_smoothing", 0.0),
+           reduction=p.get("reduction", "mean"), chunk_size=p.get("chunk")),
+       _torch_lce, diff=("x", "lw", "bias")),
+    Op("nn.LinearCrossEntropyLoss", _jax_lce_module, _torch_lce_module,
+       diff=("x", "lw", "bias")),
     Op("nn.NLLLoss",
        lambda a, p: jnn.NLLLoss(weight=a.get("weight"), reduction=p["reduction"])(a["x"], a["target"]),
        lambda t, p: _torch().nn.NLLLoss(weight=t.get("weight"), reduction=p["reduction"])(
@@ -365,13 +425,42 @@ def _ce_cases(dtype):
                                                     weighted=weighted))
 
 
+LCE_CLASSES = 11  # x is (N, D) = case.shape; the linear weight is (LCE_CLASSES, D) (torch layout)
+
+
+def _lce_cases(dtype):
+  combos = itertools.product((False, True), (False, True), (None, 2), (0.0, 0.2),
+                             ("mean", "sum", "none"))
+  for i, (bias, weighted, ignore, smoothing, reduction) in enumerate(combos):
+    if dtype != "float32" and i % 6:
+      continue  # every combination in float32; a spread of them in the other dtypes
+    kw = dict(reduction=reduction, label_smoothing=smoothing, targets="index", weighted=weighted,
+              bias=bias)
+    if ignore is not None:
+      kw["ignore_index"] = ignore
+    yield Case("linear_cross_entropy", dtype, (13, 6), _params(**kw))
+    if i % 4 == 0:
+      yield Case("linear_cross_entropy[core]", dtype, (13, 6), _params(chunk=(None, 4, 5)[i % 3],
+                                                                       **kw))
+  base = dict(reduction="mean", label_smoothing=0.1, targets="index", weighted=True, bias=True)
+  yield Case("linear_cross_entropy", dtype, (6,), _params(**base))  # (in_features) input
+  yield Case("linear_cross_entropy", dtype, (0, 6), _params(**base))  # no rows: NaN, as torch
+  yield Case("linear_cross_entropy", dtype, (5, 6), _params(**{**base, "targets": "probs"}))
+  yield Case("linear_cross_entropy", dtype, (5, 6), _params(**{**base, "kdim": 3}))
+  yield Case("linear_cross_entropy", dtype, (13, 6), _params(**base), "large")
+  for reduction in ("mean", "none"):
+    yield Case("nn.LinearCrossEntropyLoss", dtype, (13, 6), _params(**{**base,
+                                                                       "reduction": reduction}))
+
+
 def cases(ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None) -> list[Case]:
   """The parity grid: every op over shapes, dims, extreme values and option combinations."""
   dtypes = tuple(dtypes or DTYPES)
   unknown = set(dtypes) - set(DTYPES)
   if unknown:
     raise ValueError(f"unknown dtypes {sorted(unknown)}; expected some of {DTYPES}")
-  out = [c for d in dtypes for c in itertools.chain(_family_cases(d), _ce_cases(d))]
+  out = [c for d in dtypes
+         for c in itertools.chain(_family_cases(d), _ce_cases(d), _lce_cases(d))]
   if ops is not None:
     ops = set(ops)
     unknown = ops - set(OPS)
@@ -434,6 +523,8 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
     dim = -1
   else:
     dim = _class_axis(case)
+  if case.op.startswith("linear_cross_entropy") or case.op == "nn.LinearCrossEntropyLoss":
+    return _lce_inputs(case, rng, store)
   values = "normal" if case.values == "all_ignored" else case.values
   inputs = {"x": np.asarray(_values(rng, case.shape, values, dim if case.shape else 0)).astype(store)}
   if case.op.endswith("[where]"):
@@ -472,6 +563,31 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
       inputs["x"] = (x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).astype(store)
     if p.get("weighted"):
       inputs["weight"] = rng.uniform(0.2, 2.0, num_classes).astype(store)
+  return inputs
+
+
+def _lce_inputs(case: Case, rng, store) -> dict[str, np.ndarray]:
+  """x (N, D) or (D,), a torch-layout weight (C, [K,] D), targets, and optional bias and weight."""
+  p = case.p
+  d = case.shape[-1]
+  batch = case.shape[:-1]
+  out_shape = (LCE_CLASSES,) + ((p["kdim"],) if "kdim" in p else ())
+  x = rng.standard_normal(case.shape) * (300.0 if case.values == "large" else 1.0)
+  inputs = {"x": x.astype(store),
+            "lw": (rng.standard_normal(out_shape + (d,)) * 3 / np.sqrt(d)).astype(store)}
+  if p.get("bias"):
+    inputs["bias"] = rng.standard_normal(out_shape).astype(store)
+  if p["targets"] == "probs":
+    logits = rng.standard_normal(batch + (LCE_CLASSES,))
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    inputs["target"] = (e / e.sum(axis=-1, keepdims=True)).astype(store)
+  else:
+    target = rng.integers(0, LCE_CLASSES, batch + out_shape[1:])
+    if "ignore_index" in p and target.size:
+      target.flat[:: max(1, target.size // 3)] = p["ignore_index"]
+    inputs["target"] = target.astype(np.int64)
+  if p.get("weighted"):
+    inputs["weight"] = rng.uniform(0.2, 2.0, LCE_CLASSES).astype(store)
   return inputs
 
 
