@@ -168,15 +168,17 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   return calls, temp
 
 
-def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
-  """Callables per mode for torch eager, torch.compile and torch's chunked linear path."""
+def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
+                device: str = "cpu"):
+  """Callables per mode for torch eager, torch.compile and torch's chunked linear path, on
+  ``device`` ("cuda" when JAX runs on a GPU and torch has CUDA; each call then synchronises)."""
   import torch  # noqa: PLC0415
   import torch.nn.functional as F  # noqa: PLC0415
 
   data = _inputs(op, shape, dtype)
   tdtype = getattr(torch, dtype)
-  x = torch.from_numpy(data["x"]).to(tdtype)
-  labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+  x = torch.from_numpy(data["x"]).to(device, tdtype)
+  labels = torch.from_numpy(data["labels"]).long().to(device) if "labels" in data else None
   if op in ("softmax", "log_softmax"):
     base = (lambda t: getattr(torch, op)(t, -1))
     args = [x]
@@ -186,7 +188,7 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   else:
     if not hasattr(F, "linear_cross_entropy"):
       raise Unavailable(f"torch {torch.__version__} has no linear_cross_entropy (2.13 added it)")
-    w = torch.from_numpy(np.ascontiguousarray(data["w"].T)).to(tdtype)  # torch's (V, D) layout
+    w = torch.from_numpy(np.ascontiguousarray(data["w"].T)).to(device, tdtype)  # (V, D), torch's
     options = torch.nn.LinearCrossEntropyOptions() if impl == "torch-chunked" else None
     base = (lambda t, u: F.linear_cross_entropy(t, u, labels, options=options))
     args = [x, w]
@@ -213,30 +215,46 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   grads = [a.clone().requires_grad_() for a in args]
   out = fn(*grads)
   g = torch.ones_like(out)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   calls = {}
   for mode in modes:
     if mode == "fwd":
       def call():
         with torch.no_grad():
           fn(*args)
+        sync()
     elif mode == "fwd+bwd":
       def call():
         for a in grads:
           a.grad = None
         fn(*grads).backward(g)
+        sync()
     else:
       def call():
         saved = fn(*grads)  # a fresh graph each time, built outside the timed region
+        sync()
         start = time.perf_counter()
         torch.autograd.grad(saved, grads, g)
+        sync()
         return time.perf_counter() - start
     calls[mode] = call
   return calls, {m: None for m in modes}
 
 
-def setup(op, impl, shape, dtype, modes):
+def torch_device(jax_platform: str) -> str:
+  """torch runs where JAX runs: CUDA beside a JAX GPU (if torch has it), else the CPU."""
+  if jax_platform != "gpu":
+    return "cpu"
+  try:
+    import torch  # noqa: PLC0415
+  except ImportError:
+    return "cpu"
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def setup(op, impl, shape, dtype, modes, device="cpu"):
   if impl.startswith("torch"):
-    return torch_setup(op, impl, shape, dtype, modes)
+    return torch_setup(op, impl, shape, dtype, modes, device)
   return jax_setup(op, impl, shape, dtype, modes)
 
 
@@ -295,17 +313,21 @@ def _high_water_mib() -> float:
 
 
 def _child(spec: str) -> int:
-  op, impl, shape, dtype = json.loads(spec)
-  calls, _ = setup(op, impl, tuple(shape), dtype, ["fwd+bwd"])  # inputs, compilation, warm graph
+  op, impl, shape, dtype, device = json.loads(spec)
+  calls, _ = setup(op, impl, tuple(shape), dtype, ["fwd+bwd"], device)  # inputs, compile, warm
   before = _high_water_mib()
   calls["fwd+bwd"]()
   calls["fwd+bwd"]()
-  print(json.dumps({"peak_rss_mb": _high_water_mib(), "setup_rss_mb": before}))
+  out = {"peak_rss_mb": _high_water_mib(), "setup_rss_mb": before}
+  if device == "cuda":
+    import torch  # noqa: PLC0415
+    out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+  print(json.dumps(out))
   return 0
 
 
-def peak_rss(op, impl, shape, dtype, timeout: float = 600) -> dict:
-  spec = json.dumps([op, impl, list(shape), dtype])
+def peak_rss(op, impl, shape, dtype, device: str = "cpu", timeout: float = 600) -> dict:
+  spec = json.dumps([op, impl, list(shape), dtype, device])
   # This file is loaded on its own, not as jaxsoftmax.bench: importing the package would import
   # jax into torch's process and inflate its RSS.
   code = ("import importlib.util, sys\n"
@@ -364,6 +386,7 @@ def run(config: Config, progress=None) -> dict:
           for dtype in config.dtypes]
   task = progress.add_task("bench", total=len(plan)) if progress else None
   copy = copy_gbps()
+  tdevice = torch_device(plat)
   rows = []
   for op, shape, dtype in plan:
     if progress:
@@ -373,7 +396,7 @@ def run(config: Config, progress=None) -> dict:
     calls, temps, missing = {}, {}, {}
     for impl in impls:
       try:
-        calls[impl], temps[impl] = setup(op, impl, shape, dtype, config.modes)
+        calls[impl], temps[impl] = setup(op, impl, shape, dtype, config.modes, tdevice)
       except Unavailable as e:
         missing[impl] = str(e)
     for mode in config.modes:
@@ -399,7 +422,7 @@ def run(config: Config, progress=None) -> dict:
       for impl in impls:
         if impl in missing:
           continue
-        stats = peak_rss(op, impl, shape, dtype)
+        stats = peak_rss(op, impl, shape, dtype, tdevice)
         for row in rows:
           if (row["op"], row["impl"], tuple(row["shape"]), row["dtype"], row["mode"]) == (
               op, impl, shape, dtype, "fwd+bwd"):
@@ -407,7 +430,8 @@ def run(config: Config, progress=None) -> dict:
     del calls
     if progress:
       progress.advance(task)
-  return {"device": device, "platform": plat, "copy_gbps": copy, "versions": _versions(),
+  return {"device": device, "platform": plat, "torch_device": tdevice, "copy_gbps": copy,
+          "versions": _versions(),
           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "host": {"cpus": os.cpu_count(), "machine": platform.machine()}, "rows": rows}
 
