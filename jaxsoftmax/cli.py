@@ -128,7 +128,8 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     result = training.fit(args.task, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, out=out, mnist_dir=args.mnist_dir,
                           compare_torch=args.compare_torch, max_steps=args.max_steps,
-                          progress=progress)
+                          progress=progress, checkpoint_every=args.checkpoint_every,
+                          resume=args.resume)
   console.print(f"{args.task}: held-out accuracy {result.test_accuracy:.4f} after "
                 f"{result.epochs} epochs, {result.seconds_per_epoch:.2f} s/epoch")
   console.print(f"temperature scaling: T={result.temperature:.3f}; NLL {result.nll_before:.4f} -> "
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--compare-torch", action="store_true",
                  help="train the torch twin from the same weights on the same batches")
   t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+  t.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                 help="also save the full training state every STEPS steps (always: each epoch)")
+  t.add_argument("--resume", action="store_true",
+                 help="continue from the newest verified state in OUT/state, bitwise identically")
   t.set_defaults(func=run_train)
   from jaxsoftmax.bench import DTYPES, MODES, OPS, PEERS  # noqa: PLC0415 - numpy only
   b = sub.add_parser("bench", help="time jaxsoftmax beside jax.nn, optax, tokamax and torch")

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 import jaxsoftmax
-from jaxsoftmax import calibration, datasets, interop, models
+from jaxsoftmax import calibration, checkpoints, datasets, interop, models
 
 __all__ = ["loss_fn", "train_step", "fit", "TASKS"]
 
@@ -99,7 +99,8 @@ class Result:
 
 def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
         out: str | pathlib.Path | None = None, mnist_dir=None, compare_torch: bool = False,
-        max_steps: int | None = None, validation: float = 0.1, progress=None) -> Result:
+        max_steps: int | None = None, validation: float = 0.1, progress=None,
+        checkpoint_every: int | None = None, resume: bool = False) -> Result:
   """Trains ``task`` ("income" or "digits") and returns its measured result.
 
   Args:
@@ -109,6 +110,10 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     compare_torch: also train the torch twin from the same weights on the same batches.
     validation: the share of training examples held back to fit the temperature.
     progress: an optional ``rich.progress.Progress`` to report to.
+    checkpoint_every: also save the full training state every this many steps (it is always saved
+      at the end of each epoch) in ``out/state`` (see :mod:`jaxsoftmax.checkpoints`).
+    resume: continue from the newest verified state in ``out/state``; the continued run is bitwise
+      identical to one never interrupted (same weights, optimizer state, data order and step).
   """
   if task not in TASKS:
     raise ValueError(f"task must be one of {sorted(TASKS)}; got {task!r}")
@@ -117,6 +122,12 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
       raise ValueError(f"{name} must be at least 1; got {name}={value}")
   if not 0.0 < validation < 1.0:
     raise ValueError(f"validation must be a fraction in (0, 1); got {validation!r}")
+  if checkpoint_every is not None and checkpoint_every < 1:
+    raise ValueError(f"checkpoint_every must be at least 1; got {checkpoint_every}")
+  if resume and out is None:
+    raise ValueError("resume needs out=, the directory whose state/ to resume from")
+  if resume and compare_torch:
+    raise ValueError("compare_torch cannot resume: the torch twin's state is not checkpointed")
   x_all, y_all, x_test, y_test = _load(task, mnist_dir, seed)
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(y_all))
@@ -145,10 +156,34 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
   total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
   task_id = progress.add_task(f"train {task}", total=total) if progress else None
   losses, torch_losses, step, epoch_times, running_acc = [], [], 0, [], 0.0
-  for epoch in range(epochs):
+  start_epoch, start_index = 0, 0
+  run_id = {"task": task, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "validation": validation, "mnist_dir": None if mnist_dir is None else str(mnist_dir)}
+  state_dir = None if out is None else out / "state"
+  if resume and (found := checkpoints.latest(state_dir)) is not None:
+    path, arrays, meta = found
+    if meta["run"] != run_id:
+      raise ValueError(f"{path} is from a different run {meta['run']}; this one is {run_id}")
+    checkpoints.restore(arrays, model, optimizer, source=str(path))
+    step, start_epoch, start_index = meta["step"], meta["epoch"], meta["index"]
+    losses, epoch_times = meta["losses"], meta["epoch_times"]
+    rng.bit_generator.state = meta["rng"]
+    if progress:
+      progress.console.print(f"resumed from {path} (step {step})")
+      progress.update(task_id, completed=step)
+
+  def save_state(epoch, index, rng_state):
+    if state_dir is not None:
+      checkpoints.save(state_dir, step, model, optimizer, {
+          "run": run_id, "step": step, "epoch": epoch, "index": index, "rng": rng_state,
+          "losses": losses, "epoch_times": epoch_times})
+
+  epoch = start_epoch - 1
+  for epoch in range(start_epoch, epochs):
     start, first_step = time.perf_counter(), step
+    rng_state = rng.bit_generator.state  # the epoch's data order can be drawn again from here
     perm = rng.permutation(len(y_train))
-    for i in range(steps_per_epoch):
+    for i in range(start_index if epoch == start_epoch else 0, steps_per_epoch):
       if step >= total:
         break
       idx = perm[i * batch_size:(i + 1) * batch_size]
@@ -159,6 +194,8 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
       if twin is not None:
         torch_losses.append(_torch_step(twin, torch_opt, xb, yb))
       step += 1
+      if checkpoint_every and step % checkpoint_every == 0 and i + 1 < steps_per_epoch:
+        save_state(epoch, i + 1, rng_state)
       if progress:
         progress.update(task_id, advance=1, description=f"train {task} epoch {epoch + 1} "
                         f"loss {losses[-1]:.4f} acc {running_acc:.3f}")
@@ -169,6 +206,8 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
                              f"held-out accuracy {accuracy:.4f}, {epoch_times[-1]:.2f} s")
     if out is not None:
       _save_atomically(model, out / "checkpoint.safetensors")
+      if step < total or epoch + 1 == epochs:
+        save_state(epoch + 1, 0, rng.bit_generator.state)
     if step >= total:
       break
 
