@@ -122,8 +122,9 @@ def check_ignore_index(ignore_index):
 def check_labels_in_range(labels, num_classes: int, ignore_index, op: str) -> None:
   """Raises IndexError naming the first bad label when ``labels`` is concrete.
 
-  Under ``jit`` the labels are abstract; the ops then give NaN for an out-of-range label (see the
-  contract in docs/errors.md).
+  Under ``jit`` the labels are abstract; the ops then give NaN for an out-of-range label, or, with
+  ``checked=True`` under ``jax.experimental.checkify``, report it (:func:`check_labels_traced`).
+  See docs/contract.md.
   """
   if not is_concrete(labels) or labels.size == 0:
     return
@@ -140,3 +141,26 @@ def check_labels_in_range(labels, num_classes: int, ignore_index, op: str) -> No
         f"{op}: target {int(values[index])} at index {index} is out of bounds for "
         f"{num_classes} classes (expected {allowed})."
     )
+
+
+def check_labels_traced(labels, num_classes: int, ignore_index, op: str) -> None:
+  """A ``checkify.check`` (inside jit) naming the first out-of-range label and its index.
+
+  Only for ``checked=True``: the caller must run the function under ``checkify.checkify``, which
+  turns this into an error value (``err.throw()`` raises it); JAX refuses a staged check otherwise.
+  """
+  from jax.experimental import checkify  # noqa: PLC0415
+
+  flat = labels.reshape(-1)
+  if flat.size == 0:
+    return
+  bad = (flat < 0) | (flat >= num_classes)
+  if ignore_index is not None:
+    bad &= flat != ignore_index
+  first = jnp.argmax(bad)
+  allowed = f"0 <= label < {num_classes}" + (
+      f", or ignore_index={ignore_index}" if ignore_index is not None else "")
+  checkify.check(~jnp.any(bad),
+                 f"{op}: target {{value}} at flat index {{index}} of labels with shape "
+                 f"{labels.shape} is out of bounds for {num_classes} classes (expected {allowed})",
+                 value=flat[first], index=first)

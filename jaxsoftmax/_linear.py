@@ -255,9 +255,12 @@ _lce.defvjp(_lce_fwd, _lce_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("ignore_index", "label_smoothing", "reduction",
-                                             "chunk_size", "vd"))
+                                             "chunk_size", "vd", "checked"))
 def _linear_cross_entropy(x, w, labels, bias, weight, *, ignore_index, label_smoothing, reduction,
-                          chunk_size, vd=False):
+                          chunk_size, vd=False, checked=False):
+  if checked:
+    _checks.check_labels_traced(labels, w.shape[0 if vd else 1], ignore_index,
+                                "linear_cross_entropy")
   batch = labels.shape
   out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
              ignore_index, label_smoothing, reduction, chunk_size, vd)
@@ -268,7 +271,8 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
                          labels: jax.typing.ArrayLike, *, bias: jax.typing.ArrayLike | None = None,
                          weight: jax.typing.ArrayLike | None = None,
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
-                         reduction: str = "mean", chunk_size: int | None = None) -> jax.Array:
+                         reduction: str = "mean", chunk_size: int | None = None,
+                         checked: bool = False) -> jax.Array:
   r"""``cross_entropy(x @ w + bias, labels, ...)`` without ever forming the (N, V) logits.
 
   .. math:: \ell_n = -\sum_c w^{cls}_c\, t_{n,c} \log\mathrm{softmax}(x_n W + b)_c
@@ -286,6 +290,7 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     label_smoothing: ``eps`` in [0, 1].
     reduction: ``"mean"`` (weighted mean over kept rows), ``"sum"`` or ``"none"``.
     chunk_size: rows per chunk; default :func:`default_chunk_size` (32 MiB of float32 logits).
+    checked: check traced labels with checkify, as :func:`jaxsoftmax.cross_entropy`.
 
   Returns:
     A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
@@ -306,11 +311,12 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     Array(1.6094, dtype=float32)
   """
   return _validated_call("linear_cross_entropy", ("x", "w", "labels", "bias"), x, w, labels, bias,
-                         weight, ignore_index, label_smoothing, reduction, chunk_size, vd=False)
+                         weight, ignore_index, label_smoothing, reduction, chunk_size, vd=False,
+                         checked=checked)
 
 
 def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_smoothing, reduction,
-                    chunk_size, *, vd):
+                    chunk_size, *, vd, checked=False):
   """Validation shared by the core API and torch's mirror (which names the arguments its way and
   passes torch's (V, D) weight with ``vd=True``)."""
   xn, wn, ln, bn = names
@@ -355,4 +361,5 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
     raise ArgumentError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}.")
   return _linear_cross_entropy(x, w, labels, bias, weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
-                               chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd)
+                               chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd,
+                               checked=bool(checked) and not _checks.is_concrete(labels))

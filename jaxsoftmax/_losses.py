@@ -334,16 +334,20 @@ def _check_labels(logits, labels, axis, op):
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing",
-                                             "reduction", "indices"))
+                                             "reduction", "indices", "checked"))
 def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothing, reduction,
-                   indices):
+                   indices, checked=False):
+  if checked:
+    _checks.check_labels_traced(labels, logits.shape[axis], ignore_index, "cross_entropy")
   if indices:
     return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction)
   return _ce_probs(logits, labels, weight, axis, label_smoothing, reduction)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction"))
-def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction):
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked"))
+def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, checked=False):
+  if checked:
+    _checks.check_labels_traced(labels, log_probs.shape[axis], ignore_index, "nll_loss")
   return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
 
 
@@ -362,7 +366,8 @@ def _prepare_loss(x, labels, axis, weight, reduction, op, name):
 
 def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
                   weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
-                  label_smoothing: float = 0.0, reduction: str = "mean") -> jax.Array:
+                  label_smoothing: float = 0.0, reduction: str = "mean",
+                  checked: bool = False) -> jax.Array:
   r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
 
   .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
@@ -379,6 +384,9 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     ignore_index: a label value whose examples contribute nothing (integer labels only).
     label_smoothing: ``eps`` in [0, 1]; the target becomes ``(1 - eps) t + eps / classes``.
     reduction: ``"mean"`` (weighted mean over kept examples), ``"sum"`` or ``"none"``.
+    checked: under ``jit``, also check the labels with ``jax.experimental.checkify``: run the
+      caller under ``checkify.checkify`` and ``err.throw()`` names the first out-of-range label and
+      its index (concrete labels are always checked, raising IndexError).
 
   Returns:
     A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
@@ -412,12 +420,13 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
   return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing, reduction=reduction, indices=indices)
+                        label_smoothing=label_smoothing, reduction=reduction, indices=indices,
+                        checked=bool(checked) and indices and not _checks.is_concrete(labels))
 
 
 def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
              weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
-             reduction: str = "mean") -> jax.Array:
+             reduction: str = "mean", checked: bool = False) -> jax.Array:
   r"""Negative log-likelihood of integer labels under given log-probabilities.
 
   .. math:: \ell_n = -w_{y_n}\, \mathrm{lp}_{n, y_n}
@@ -429,6 +438,7 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
     weight: optional ``[classes]`` weights; differentiable.
     ignore_index: a label value whose examples contribute nothing.
     reduction: ``"mean"`` (divided by ``sum_n w[y_n]`` over kept examples), ``"sum"`` or ``"none"``.
+    checked: check traced labels with checkify, as :func:`cross_entropy`.
 
   Returns:
     A scalar, or per-example losses for ``reduction="none"``.
@@ -451,4 +461,5 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
   ignore_index = _checks.check_ignore_index(ignore_index)
   _checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
   return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
-                   reduction=reduction)
+                   reduction=reduction,
+                   checked=bool(checked) and not _checks.is_concrete(labels))
