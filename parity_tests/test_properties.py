@@ -81,3 +81,53 @@ def test_cross_entropy(data, weighted, ignore, smoothing, reduction, probs, seed
   t_weight = None if weight is None else torch.from_numpy(weight)
   _grad_pair(lambda a: F.cross_entropy(a, target, weight=weight, **kw),
              lambda a: tF.cross_entropy(a, t_target, weight=t_weight, **kw), x, dtype)
+
+
+def _torch_linear_ce(x, w, target, bias, weight, **kw):
+  fn = getattr(tF, "linear_cross_entropy", None)
+  if fn is not None:
+    return fn(x, w, target, linear_bias=bias, weight=weight, **kw)
+  logits = x @ w.T + (0 if bias is None else bias)  # torch < 2.13: its documented equivalent
+  kw["ignore_index"] = -100 if kw.get("ignore_index") is None else kw["ignore_index"]
+  return tF.cross_entropy(logits, target, weight=weight, **kw)
+
+
+# x and w hold small multiples of 1/2 and 1/4, so every logit is exact whatever order either
+# framework sums the matmul in: what is compared is the loss and its gradients, not BLAS rounding.
+@given(dtype=st.sampled_from(sorted(FLOATS)), n=st.integers(0, 12), d=st.integers(1, 6),
+       v=st.integers(1, 10), chunk=st.one_of(st.none(), st.integers(1, 14)), bias=st.booleans(),
+       weighted=st.booleans(), ignore=st.booleans(), smoothing=st.sampled_from([0.0, 0.3, 1.0]),
+       reduction=st.sampled_from(["mean", "sum", "none"]),
+       special=st.sampled_from(["none", "nan_row", "inf_row"]), seed=st.integers(0, 2**16))
+def test_linear_cross_entropy(dtype, n, d, v, chunk, bias, weighted, ignore, smoothing, reduction,
+                              special, seed):
+  rng = np.random.default_rng(seed)
+  np_dtype, torch_dtype = FLOATS[dtype]
+  x = (rng.integers(-8, 9, (n, d)) / 2).astype(np_dtype)
+  if special != "none" and n:
+    x[rng.integers(n)] = np.nan if special == "nan_row" else np.inf
+  w = (rng.integers(-4, 5, (v, d)) / 4).astype(np_dtype)  # torch's (V, D) layout
+  b = (rng.integers(-4, 5, v) / 4).astype(np_dtype) if bias else None
+  cw = rng.uniform(0.1, 2.0, v).astype(np_dtype) if weighted else None
+  target = rng.integers(0, v, n)
+  kw = dict(reduction=reduction, label_smoothing=smoothing)
+  if ignore and n:
+    target[0] = kw["ignore_index"] = v - 1
+  with jax.enable_x64(dtype == "float64"):
+    def f(a, c, bb):
+      return F.linear_cross_entropy(a, c, target, linear_bias=bb, weight=cw,
+                                    options=F.LinearCrossEntropyOptions(chunk), **kw)
+    out, vjp = jax.vjp(f, x, w, b)
+    cot = rng.standard_normal(out.shape).astype(np_dtype)
+    grads = [None if g is None else np.asarray(g) for g in vjp(cot)]
+    out = np.asarray(out)
+  tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+  tb = None if b is None else torch.tensor(b, requires_grad=True)
+  t_out = _torch_linear_ce(tx, tw, torch.from_numpy(target), tb,
+                           None if cw is None else torch.from_numpy(cw), **kw)
+  inputs = [tx, tw] + ([tb] if tb is not None else [])
+  t_grads = torch.autograd.grad(t_out, inputs, torch.from_numpy(cot), allow_unused=True)
+  parity.assert_close(out, t_out.detach().numpy(), dtype, "forward")
+  for name, g, tg in zip(("d input", "d weight", "d bias"), grads, t_grads):
+    expected = np.zeros_like(g) if tg is None else tg.numpy()
+    parity.assert_close(g, expected, dtype, name)
