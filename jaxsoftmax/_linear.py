@@ -35,7 +35,7 @@ from jax import lax
 
 from jaxsoftmax import _checks
 from jaxsoftmax._errors import ArgumentError, DTypeError
-from jaxsoftmax._losses import _label_weights
+from jaxsoftmax._losses import _denominator, _label_weights, _per_class, _reduce
 
 __all__ = ["linear_cross_entropy", "default_chunk_size"]
 
@@ -118,7 +118,7 @@ def _dweight(z, m, log_s, labels, kept, r, eps, v):
   """The chunk's share of d loss / d weight (before the mean's denominator term)."""
   nll = jnp.where(kept, log_s - (z[jnp.arange(labels.shape[0]), jnp.clip(labels, 0, v - 1)] - m),
                   0.0)
-  dw = jnp.zeros((v,), z.dtype).at[jnp.clip(labels, 0, v - 1)].add((1.0 - eps) * r * nll)
+  dw = _per_class(labels, (1.0 - eps) * r * nll, v)
   if eps > 0.0:
     rk = jnp.where(kept, r, 0.0)
     zc = jnp.where(kept[:, None], z - m[:, None], 0.0)  # an ignored row's inf must not become NaN
@@ -129,8 +129,8 @@ def _dweight(z, m, log_s, labels, kept, r, eps, v):
 def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=None, stats=None):
   """One pass over the chunks.
 
-  Returns per-row losses, the per-row max and log-sum-exp and, when ``row_scale`` (a function of
-  a chunk's w_y and kept mask, or per-row scales) is given, the gradients for those scales.
+  Returns per-row losses, the per-row max and log-sum-exp and, when ``row_scale`` (per-row
+  d loss / d loss_n) is given, the gradients for those scales.
   ``stats`` (m, log_s) from an earlier pass skips the max and sum.
   """
   n, v = labels.shape[0], w.shape[0 if vd else 1]
@@ -141,7 +141,7 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
   seq = [xs, ls, vs]
   if stats is not None:
     seq += [_chunks(jnp.stack(stats, 1), labels, chunk)[0]]
-  if want_grad and not callable(row_scale):
+  if want_grad:
     seq += [_chunks(row_scale[:, None], labels, chunk)[0][..., 0]]
 
   def body(carry, inputs):
@@ -157,8 +157,7 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
            "log_s": log_s}
     if not want_grad:
       return carry, out
-    r = row_scale(w_y, kept) if callable(row_scale) else inputs[-1]
-    r = jnp.where(kept, r, 0.0)
+    r = jnp.where(kept, inputs[-1], 0.0)
     p = jnp.exp(z - (m + log_s)[:, None])
     dz = _dlogits(p, lc, w_y, r, weight, eps, v, total_w)
     # Half inputs: the gradient matmuls take dz in float32 (w and the chunk of x upcast). Rounding
@@ -183,39 +182,31 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
   return carry, out
 
 
-def _denominator(labels, weight, ignore_index, v, ct):
-  if weight is None and ignore_index is None:
-    return jnp.asarray(labels.shape[0], ct)
-  w_y, _ = _label_weights(labels, weight, ignore_index, v, ct)
-  return jnp.sum(w_y)
-
-
-def _reduce(losses, denominator, reduction):
-  if reduction == "none":
-    return losses
-  total = jnp.sum(losses)
-  return total if reduction == "sum" else total / denominator
+def _mean_denominator(labels, weight, ignore_index, v, ct):
+  """cross_entropy's divisor for ``reduction="mean"`` (N, or the kept rows' summed weights)."""
+  return _denominator(_label_weights(labels, weight, ignore_index, v, ct)[0], weight, ignore_index)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
 def _lce(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd):
   _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd)
   v = w.shape[0 if vd else 1]
-  return _reduce(out["losses"], _denominator(labels, weight, ignore_index, v,
-                                             _checks.compute_dtype(x.dtype)),
+  return _reduce(out["losses"], _mean_denominator(labels, weight, ignore_index, v,
+                                                  _checks.compute_dtype(x.dtype)),
                  reduction).astype(x.dtype)
 
 
 def _lce_fwd(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd):
   v = w.shape[0 if vd else 1]
-  denominator = _denominator(labels, weight, ignore_index, v, _checks.compute_dtype(x.dtype))
+  ct = _checks.compute_dtype(x.dtype)
+  denominator = _mean_denominator(labels, weight, ignore_index, v, ct)
   if reduction == "none":  # per-row cotangents: the backward recomputes from (m, log_s)
     _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
                    vd=vd)
     loss = out["losses"].astype(x.dtype)
     return loss, (x, w, b, labels, weight, out["m"], out["log_s"], denominator, loss)
-  scale = (lambda w_y, kept: jnp.ones_like(w_y)) if reduction == "sum" else (
-      lambda w_y, kept: jnp.ones_like(w_y) / denominator)
+  scale = jnp.full(labels.shape, 1.0, ct) if reduction == "sum" else jnp.full(
+      labels.shape, 1.0 / denominator, ct)
   grads, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
                      vd=vd, row_scale=scale)
   loss = _reduce(out["losses"], denominator, reduction).astype(x.dtype)
@@ -226,7 +217,7 @@ def _weight_grad_finish(dweight, g, labels, weight, ignore_index, denominator, l
   if reduction == "mean":  # the denominator sum_n w[y_n] depends on the weight too
     ct = dweight.dtype
     _, kept = _label_weights(labels, weight, ignore_index, v, ct)
-    counts = jnp.zeros((v,), ct).at[jnp.clip(labels, 0, v - 1)].add(kept.astype(ct))
+    counts = _per_class(labels, kept.astype(ct), v)
     dweight = dweight - (g * loss.astype(ct) / denominator) * counts
   return dweight.astype(weight.dtype)
 

@@ -216,7 +216,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   if w.ndim > 2 and x.ndim != 2:
     raise ArgumentError(f"{op}: a K-dimensional linear_weight {w.shape} needs batched input "
                         f"(N, in_features); got input of shape {x.shape}.")
-  chunk = getattr(options, "batch_chunk_size", None) if options is not None else None
+  chunk = getattr(options, "batch_chunk_size", None)  # None: no options, or torch's auto
   indices = jnp.issubdtype(target.dtype, jnp.integer)
   if indices and w.ndim == 2 and target.shape == x.shape[:-1]:
     return _linear._validated_call(

@@ -158,7 +158,7 @@ class LinearCrossEntropyLoss(nnx.Module):
     if not self.out_features and jnp.issubdtype(target.dtype, jnp.integer):
       # The core takes the (D, V) kernel as it is: no transposed copy.
       x = jnp.asarray(input)
-      chunk = getattr(self.options, "batch_chunk_size", None) if self.options else None
+      chunk = getattr(self.options, "batch_chunk_size", None)
       return _linear._validated_call(
           "LinearCrossEntropyLoss", ("input", "linear.kernel", "target", "linear.bias"), x,
           kernel, target, bias, weight, -100 if self.ignore_index is None else self.ignore_index,

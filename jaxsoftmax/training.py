@@ -112,8 +112,9 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     progress: an optional ``rich.progress.Progress`` to report to.
     checkpoint_every: also save the full training state every this many steps (it is always saved
       at the end of each epoch) in ``out/state`` (see :mod:`jaxsoftmax.checkpoints`).
-    resume: continue from the newest verified state in ``out/state``; the continued run is bitwise
-      identical to one never interrupted (same weights, optimizer state, data order and step).
+    resume: continue from the newest verified state in ``out/state`` (start afresh when there is
+      none); the continued run is bitwise identical to one never interrupted (same weights,
+      optimizer state, data order and step).
   """
   if task not in TASKS:
     raise ValueError(f"task must be one of {sorted(TASKS)}; got {task!r}")

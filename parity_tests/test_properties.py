@@ -83,15 +83,6 @@ def test_cross_entropy(data, weighted, ignore, smoothing, reduction, probs, seed
              lambda a: tF.cross_entropy(a, t_target, weight=t_weight, **kw), x, dtype)
 
 
-def _torch_linear_ce(x, w, target, bias, weight, **kw):
-  fn = getattr(tF, "linear_cross_entropy", None)
-  if fn is not None:
-    return fn(x, w, target, linear_bias=bias, weight=weight, **kw)
-  logits = x @ w.T + (0 if bias is None else bias)  # torch < 2.13: its documented equivalent
-  kw["ignore_index"] = -100 if kw.get("ignore_index") is None else kw["ignore_index"]
-  return tF.cross_entropy(logits, target, weight=weight, **kw)
-
-
 # x and w hold small multiples of 1/2 and 1/4, so every logit is exact whatever order either
 # framework sums the matmul in: what is compared is the loss and its gradients, not BLAS rounding.
 @given(dtype=st.sampled_from(sorted(FLOATS)), n=st.integers(0, 12), d=st.integers(1, 6),
@@ -123,8 +114,10 @@ def test_linear_cross_entropy(dtype, n, d, v, chunk, bias, weighted, ignore, smo
     out = np.asarray(out)
   tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
   tb = None if b is None else torch.tensor(b, requires_grad=True)
-  t_out = _torch_linear_ce(tx, tw, torch.from_numpy(target), tb,
-                           None if cw is None else torch.from_numpy(cw), **kw)
+  tensors = {"x": tx, "lw": tw, "target": torch.from_numpy(target)}
+  tensors |= ({"bias": tb} if tb is not None else {}) | (
+      {"weight": torch.from_numpy(cw)} if cw is not None else {})
+  t_out = parity._torch_lce(tensors, kw)  # the grid's torch reference, old-torch fallback included
   inputs = [tx, tw] + ([tb] if tb is not None else [])
   t_grads = torch.autograd.grad(t_out, inputs, torch.from_numpy(cot), allow_unused=True)
   parity.assert_close(out, t_out.detach().numpy(), dtype, "forward")
