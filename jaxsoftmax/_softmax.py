@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax import _checks
+from jaxsoftmax import _checks, _kernels
 
 __all__ = ["softmax", "log_softmax", "softmin"]
 
@@ -48,8 +48,10 @@ def _max(xc, axes, where):
   return jnp.max(xc, axis=axes, keepdims=True, initial=_NEG_INF, where=where)
 
 
-def _scaled(x, temperature):
+def _scaled(x, temperature, negate=False):
   xc = x.astype(_checks.compute_dtype(x.dtype))
+  if negate:  # exact, so softmin(x) is softmax(-x) bit for bit
+    xc = -xc
   # Divide (not multiply by 1/T) so the scaled logits equal torch's ``x / T`` bit for bit.
   return xc if temperature == 1.0 else xc / temperature
 
@@ -59,21 +61,47 @@ def _keep(where, v, fill=0.0):
   return v if where is None else jnp.where(where, v, fill)
 
 
-def _input_grad(dx, where, temperature, dtype):
-  """Shared tail of both backward rules: masked entries get 0, then the 1/T of x / T."""
+def _input_grad(dx, where, temperature, negate, dtype):
+  """Shared tail of both backward rules: masked entries get 0, then the 1/T of x / T (and the
+  sign of softmin's -x)."""
   dx = _keep(where, dx)
   if temperature != 1.0:
     dx = dx / temperature
+  if negate:
+    dx = -dx
   return dx.astype(dtype), None  # None: the mask receives no cotangent
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _softmax(x, where, axes, temperature):
-  return _softmax_fwd(x, where, axes, temperature)[0]
+# The kernel path (``mode`` != "xla", see jaxsoftmax._kernels) works on [rows, n] views with the
+# class axis last. Its residual is the output for float32 inputs; for half inputs it is the input
+# itself plus the row max and sum, from which the backward kernel rebuilds the forward's float32
+# output exactly as the forward built it (the same values the XLA path keeps, without writing a
+# float32 copy: 2 bytes per element instead of 4).
 
 
-def _softmax_fwd(x, where, axes, temperature):
-  xc = _scaled(x, temperature)
+def _kernel_fwd(x, log, negate, temperature, mode):
+  x2 = x.reshape(-1, x.shape[-1])
+  y, m, s = _kernels.softmax_fwd(x2, mode=mode, log=log, negate=negate, temperature=temperature)
+  recompute = x.dtype != jnp.float32
+  return y.reshape(x.shape), ((x2 if recompute else y), m, s)
+
+
+def _kernel_bwd(log, negate, temperature, mode, res, g):
+  r, m, s = res
+  dx = _kernels.softmax_bwd(g.reshape(r.shape), r, m, s, mode=mode, log=log, negate=negate,
+                            temperature=temperature, recompute=r.dtype != jnp.float32)
+  return dx.reshape(g.shape), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _softmax(x, where, axes, temperature, negate, mode):
+  return _softmax_fwd(x, where, axes, temperature, negate, mode)[0]
+
+
+def _softmax_fwd(x, where, axes, temperature, negate, mode):
+  if mode != "xla":
+    return _kernel_fwd(x, False, negate, temperature, mode)
+  xc = _scaled(x, temperature, negate)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
   e = _keep(where, jnp.exp(xc - _max(xc, axes, where)))
   y = _keep(where, e / jnp.sum(e, axis=axes, keepdims=True))
@@ -82,23 +110,27 @@ def _softmax_fwd(x, where, axes, temperature):
   return y.astype(x.dtype), (y, where)
 
 
-def _softmax_bwd(axes, temperature, res, g):
+def _softmax_bwd(axes, temperature, negate, mode, res, g):
+  if mode != "xla":
+    return _kernel_bwd(False, negate, temperature, mode, res, g)
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - jnp.sum(gc * y, axis=axes, keepdims=True))
-  return _input_grad(dx, where, temperature, g.dtype)
+  return _input_grad(dx, where, temperature, negate, g.dtype)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _log_softmax(x, where, axes, temperature):
-  return _log_softmax_fwd(x, where, axes, temperature)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _log_softmax(x, where, axes, temperature, negate, mode):
+  return _log_softmax_fwd(x, where, axes, temperature, negate, mode)[0]
 
 
-def _log_softmax_fwd(x, where, axes, temperature):
-  xc = _scaled(x, temperature)
+def _log_softmax_fwd(x, where, axes, temperature, negate, mode):
+  if mode != "xla":
+    return _kernel_fwd(x, True, negate, temperature, mode)
+  xc = _scaled(x, temperature, negate)
   shifted = xc - _max(xc, axes, where)
   e = _keep(where, jnp.exp(shifted))
   y = _keep(where, shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True)), _NEG_INF)
@@ -107,30 +139,30 @@ def _log_softmax_fwd(x, where, axes, temperature):
   return y.astype(x.dtype), (y, where)
 
 
-def _log_softmax_bwd(axes, temperature, res, g):
+def _log_softmax_bwd(axes, temperature, negate, mode, res, g):
+  if mode != "xla":
+    return _kernel_bwd(True, negate, temperature, mode, res, g)
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
   dx = gc - jnp.exp(y) * jnp.sum(gc, axis=axes, keepdims=True)
-  return _input_grad(dx, where, temperature, g.dtype)
+  return _input_grad(dx, where, temperature, negate, g.dtype)
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate"))
-def _family(x, where, traced_temperature, *, axes, temperature, log, negate):
+@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "mode"))
+def _family(x, where, traced_temperature, *, axes, temperature, log, negate, mode="xla"):
   """One jitted entry for the whole family; ``traced_temperature`` is None or a scalar array."""
   kernel = _log_softmax if log else _softmax
-  if negate:
-    x = -x
   if where is not None:
     where = jnp.broadcast_to(where, x.shape)
   if traced_temperature is None:
-    return kernel(x, where, axes, temperature)
+    return kernel(x, where, axes, temperature, negate, mode)
   # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
   # so it is applied outside the custom rule; the rule then sees float32 logits.
   xc = _scaled(x, 1.0) / traced_temperature.astype(_checks.compute_dtype(x.dtype))
-  return kernel(xc, where, axes, 1.0).astype(x.dtype)
+  return kernel(xc, where, axes, 1.0, negate, mode).astype(x.dtype)
 
 
 def _prepare(x, axis, temperature, where, op: str):
@@ -164,18 +196,24 @@ def _prepare(x, axis, temperature, where, op: str):
   return x, axes, temperature, traced, where
 
 
-def _call(x, axis, temperature, where, *, op, log, negate):
+def _call(x, axis, temperature, where, implementation, *, op, log, negate):
   x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
+  _kernels.check(implementation, op)
+  reshape_to = None
   if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
-    out = _family(x.reshape(1), where, traced, axes=(0,), temperature=temperature, log=log,
-                  negate=negate)
-    return out.reshape(())
-  return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate)
+    x, axes, reshape_to = x.reshape(1), (0,), ()
+  reason = _kernels.unsupported(x.dtype, last_axis=axes == (x.ndim - 1,),
+                                masked=where is not None, empty=x.size == 0)
+  mode = _kernels.choose(implementation, op, reason)
+  out = _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
+                mode=mode)
+  return out if reshape_to is None else out.reshape(reshape_to)
 
 
 def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
             temperature: float | jax.typing.ArrayLike = 1.0,
-            where: jax.typing.ArrayLike | None = None) -> jax.Array:
+            where: jax.typing.ArrayLike | None = None,
+            implementation: str | None = None) -> jax.Array:
   r"""Softmax along ``axis``, optionally at a temperature and over a mask.
 
   .. math:: \mathrm{softmax}(x / T)_i = \frac{\exp((x_i - m) / T)}{\sum_j \exp((x_j - m) / T)},
@@ -187,6 +225,8 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
     temperature: ``T > 0``. A Python number is static (part of the jit cache key) and costs
       nothing extra; a scalar array is traced and differentiable, for fitting ``T`` (calibration).
     where: optional boolean mask broadcastable to ``x``; ``False`` entries are excluded and get 0.
+    implementation: ``None`` (Pallas kernels on GPU/TPU where they apply, else XLA), ``"xla"``
+      or ``"pallas"`` (forced; Pallas' interpreter on CPU). See :mod:`jaxsoftmax._kernels`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -208,12 +248,13 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`log_softmax`, :func:`softmin`, :func:`jaxsoftmax.cross_entropy`.
   """
-  return _call(x, axis, temperature, where, op="softmax", log=False, negate=False)
+  return _call(x, axis, temperature, where, implementation, op="softmax", log=False, negate=False)
 
 
 def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
                 temperature: float | jax.typing.ArrayLike = 1.0,
-                where: jax.typing.ArrayLike | None = None) -> jax.Array:
+                where: jax.typing.ArrayLike | None = None,
+            implementation: str | None = None) -> jax.Array:
   r"""Log of the softmax along ``axis``, computed without forming ``log(softmax(x))``.
 
   .. math:: \log\mathrm{softmax}(x / T)_i = \frac{x_i - m}{T} - \log \sum_j \exp\frac{x_j - m}{T}
@@ -226,6 +267,7 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
     axis: as in :func:`softmax`.
     temperature: as in :func:`softmax`.
     where: optional boolean mask; ``False`` entries get ``-inf`` and zero gradient.
+    implementation: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -239,11 +281,13 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
 
   See also: :func:`softmax`, :func:`jaxsoftmax.nll_loss`.
   """
-  return _call(x, axis, temperature, where, op="log_softmax", log=True, negate=False)
+  return _call(x, axis, temperature, where, implementation, op="log_softmax", log=True,
+               negate=False)
 
 
 def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
-            where: jax.typing.ArrayLike | None = None) -> jax.Array:
+            where: jax.typing.ArrayLike | None = None,
+            implementation: str | None = None) -> jax.Array:
   r"""Softmin: ``softmax(-x)``, weights that favour the smallest entries.
 
   .. math:: \mathrm{softmin}(x)_i = \frac{\exp(-x_i)}{\sum_j \exp(-x_j)}
@@ -252,6 +296,7 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
     x: floating-point input.
     axis: as in :func:`softmax`.
     where: as in :func:`softmax`.
+    implementation: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -262,4 +307,4 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`softmax`.
   """
-  return _call(x, axis, 1.0, where, op="softmin", log=False, negate=True)
+  return _call(x, axis, 1.0, where, implementation, op="softmin", log=False, negate=True)

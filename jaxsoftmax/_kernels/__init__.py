@@ -1,0 +1,105 @@
+"""Row kernels behind the public ops, and the choice between them.
+
+Layout: ``reference.py`` states the contract in plain XLA; ``gpu.py`` (Pallas → Triton) and
+``tpu.py`` (Pallas → Mosaic TPU) implement it. The public functions take
+``implementation=None | "xla" | "pallas"``:
+
+* ``None`` picks Pallas when the default backend is a GPU or TPU and the call is one the kernels
+  cover (float16/bfloat16/float32, one class axis that is the last, no ``where`` mask, non-empty
+  rows), XLA otherwise;
+* ``"xla"`` always uses the XLA formulation (the fallback on every platform);
+* ``"pallas"`` forces the kernels and says why when it cannot. On a CPU they run in Pallas'
+  interpreter (slow, exact; that is how CI tests them).
+
+The kernel for the platform is chosen when the program is lowered (``lax.platform_dependent``), so
+a function traced once lowers to Triton on ``cuda``/``rocm`` and to Mosaic on ``tpu``. An
+automatically chosen kernel lowered for the CPU falls back to the reference formulation of the same
+contract.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsoftmax._kernels import gpu, reference, tpu
+
+__all__ = ["IMPLEMENTATIONS", "choose", "softmax_fwd", "softmax_bwd", "ce"]
+
+IMPLEMENTATIONS = (None, "xla", "pallas")
+_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
+
+
+def check(implementation, op: str):
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"{op}: implementation must be None, 'xla' or 'pallas'; got "
+                     f"{implementation!r}.")
+  return implementation
+
+
+def unsupported(dtype, *, last_axis: bool, masked: bool = False, empty: bool = False):
+  """Why the kernels cannot take a call (None when they can)."""
+  if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _DTYPES]:
+    return f"covers float16, bfloat16 and float32; got {jnp.dtype(dtype)}"
+  if not last_axis:
+    return "reduces over the last axis only (move the class axis last, or use 'xla')"
+  if masked:
+    return "does not take a where= mask"
+  if empty:
+    return "needs non-empty rows"
+  return None
+
+
+def choose(implementation, op: str, reason: str | None) -> str:
+  """The static mode: ``"xla"``, ``"auto"`` (kernels, reference on CPU) or ``"pallas"``
+  (kernels, interpreter on CPU)."""
+  if implementation == "xla":
+    return "xla"
+  if reason is not None:
+    if implementation == "pallas":
+      raise ValueError(f"{op}: implementation='pallas' {reason}.")
+    return "xla"
+  if implementation == "pallas":
+    return "pallas"
+  return "auto" if jax.default_backend() in ("gpu", "tpu") else "xla"
+
+
+def _dispatch(name, mode, args, **kw):
+  g = functools.partial(getattr(gpu, name), **kw)
+  t = functools.partial(getattr(tpu, name), **kw)
+  if mode == "pallas":
+    default = functools.partial(getattr(gpu, name), interpret=True, **kw)
+  else:
+    default = functools.partial(getattr(reference, name), **kw)
+  return lax.platform_dependent(*args, cuda=g, rocm=g, tpu=t, default=default)
+
+
+def softmax_fwd(x, *, mode, log, negate, temperature):
+  """``(y, m, s)`` for 2-d ``x``; see :mod:`jaxsoftmax._kernels.reference`."""
+  return _dispatch("softmax_fwd", mode, (x,), log=log, negate=negate, temperature=temperature)
+
+
+def softmax_bwd(dy, res, m, s, *, mode, log, negate, temperature, recompute):
+  return _dispatch("softmax_bwd", mode, (dy, res, m, s), log=log, negate=negate,
+                   temperature=temperature, recompute=recompute)
+
+
+def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, mode, grad, smooth):
+  """``(m, s, x_y, swx, dx | None)``; ``w``, ``m``/``s`` optional (closed over, not traced args
+  of the platform switch, so their absence is static)."""
+  def run(impl, x, labels, alpha, beta, gamma, *rest):
+    rest = list(rest)
+    wv = rest.pop(0) if w is not None else None
+    mv, sv = (rest[0], rest[1]) if m is not None else (None, None)
+    return impl(x, labels, alpha, beta, gamma, wv, mv, sv, grad=grad, smooth=smooth)
+
+  args = [x, labels, alpha, beta, gamma] + ([w] if w is not None else []) + (
+      [m, s] if m is not None else [])
+  g = functools.partial(run, gpu.ce)
+  t = functools.partial(run, tpu.ce)
+  default = functools.partial(run, functools.partial(gpu.ce, interpret=True)
+                              if mode == "pallas" else reference.ce)
+  return lax.platform_dependent(*args, cuda=g, rocm=g, tpu=t, default=default)
