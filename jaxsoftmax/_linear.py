@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax import _checks
+from jaxsoftmax import _checks, _kernels
 from jaxsoftmax._errors import ArgumentError, DTypeError
 from jaxsoftmax._losses import _denominator, _label_weights, _per_class, _reduce
 
@@ -126,7 +126,27 @@ def _dweight(z, m, log_s, labels, kept, r, eps, v):
   return dw
 
 
-def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=None, stats=None):
+def _kernel_chunk(z, lc, w_y, kept, weight, eps, v, total_w, r, m, log_s, mode):
+  """The chunk step through the cross-entropy row kernel: statistics, losses and (when ``r`` is
+  given) d loss / d z, in one read of the chunk's logits when a row fits on chip."""
+  coefs = [jnp.zeros((z.shape[0], 1), z.dtype)] * 3
+  if r is not None:
+    a = (1.0 - eps) * w_y + (eps / v) * total_w
+    coefs = [(r * a)[:, None], (r * (eps / v))[:, None], (r * (1.0 - eps) * w_y)[:, None]]
+  wv = None if weight is None else weight.astype(z.dtype)[None, :]
+  lab = jnp.clip(lc, 0, v - 1).astype(jnp.int32)[:, None]
+  stats = () if m is None else (m[:, None], jnp.exp(log_s)[:, None])
+  m2, s2, z_y, swz, dz = _kernels.ce(z, lab, *coefs, wv, *stats, mode=mode, grad=r is not None,
+                                     smooth=eps > 0.0)
+  m, log_s = m2[:, 0], jnp.log(s2[:, 0])
+  losses = w_y * (log_s - (z_y[:, 0] - m))
+  if eps > 0.0:
+    losses = (1.0 - eps) * losses + (eps / v) * (total_w * log_s - swz[:, 0])
+  return jnp.where(kept, losses, 0.0), m, log_s, dz
+
+
+def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=None, stats=None,
+          mode="xla"):
   """One pass over the chunks.
 
   Returns per-row losses, the per-row max and log-sum-exp and, when ``row_scale`` (per-row
@@ -147,19 +167,24 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
   def body(carry, inputs):
     xc, lc, vc = inputs[:3]
     z = _logits(xc, w, b, vd)
-    if stats is not None:
-      m, log_s = inputs[3][:, 0], inputs[3][:, 1]
-    else:
-      m = jnp.max(z, axis=1)
-      log_s = jnp.log(jnp.sum(jnp.exp(z - m[:, None]), axis=1))
     w_y, kept = _row_terms(lc, vc, weight, ignore_index, v, ct)
-    out = {"losses": _losses_from(z, m, log_s, lc, w_y, kept, weight, eps, v), "m": m,
-           "log_s": log_s}
+    r = None if not want_grad else jnp.where(kept, inputs[-1], 0.0)
+    if mode != "xla":
+      given = (None, None) if stats is None else (inputs[3][:, 0], inputs[3][:, 1])
+      losses, m, log_s, dz = _kernel_chunk(z, lc, w_y, kept, weight, eps, v, total_w, r, *given,
+                                           mode)
+    else:
+      if stats is not None:
+        m, log_s = inputs[3][:, 0], inputs[3][:, 1]
+      else:
+        m = jnp.max(z, axis=1)
+        log_s = jnp.log(jnp.sum(jnp.exp(z - m[:, None]), axis=1))
+      losses = _losses_from(z, m, log_s, lc, w_y, kept, weight, eps, v)
+      if want_grad:
+        dz = _dlogits(jnp.exp(z - (m + log_s)[:, None]), lc, w_y, r, weight, eps, v, total_w)
+    out = {"losses": losses, "m": m, "log_s": log_s}
     if not want_grad:
       return carry, out
-    r = jnp.where(kept, inputs[-1], 0.0)
-    p = jnp.exp(z - (m + log_s)[:, None])
-    dz = _dlogits(p, lc, w_y, r, weight, eps, v, total_w)
     # Half inputs: the gradient matmuls take dz in float32 (w and the chunk of x upcast). Rounding
     # dz to bfloat16 first was measured up to 100% off on small entries of d input, where the
     # sum over classes cancels; the forward matmul keeps the half operands.
@@ -187,28 +212,29 @@ def _mean_denominator(labels, weight, ignore_index, v, ct):
   return _denominator(_label_weights(labels, weight, ignore_index, v, ct)[0], weight, ignore_index)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _lce(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd):
-  _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
+def _lce(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode):
+  _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd,
+                 mode=mode)
   v = w.shape[0 if vd else 1]
   return _reduce(out["losses"], _mean_denominator(labels, weight, ignore_index, v,
                                                   _checks.compute_dtype(x.dtype)),
                  reduction).astype(x.dtype)
 
 
-def _lce_fwd(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd):
+def _lce_fwd(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode):
   v = w.shape[0 if vd else 1]
   ct = _checks.compute_dtype(x.dtype)
   denominator = _mean_denominator(labels, weight, ignore_index, v, ct)
   if reduction == "none":  # per-row cotangents: the backward recomputes from (m, log_s)
     _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
-                   vd=vd)
+                   vd=vd, mode=mode)
     loss = out["losses"].astype(x.dtype)
     return loss, (x, w, b, labels, weight, out["m"], out["log_s"], denominator, loss)
   scale = jnp.full(labels.shape, 1.0, ct) if reduction == "sum" else jnp.full(
       labels.shape, 1.0 / denominator, ct)
   grads, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
-                     vd=vd, row_scale=scale)
+                     vd=vd, row_scale=scale, mode=mode)
   loss = _reduce(out["losses"], denominator, reduction).astype(x.dtype)
   return loss, (out["dx"], grads, labels, weight, denominator, loss)
 
@@ -222,12 +248,12 @@ def _weight_grad_finish(dweight, g, labels, weight, ignore_index, denominator, l
   return dweight.astype(weight.dtype)
 
 
-def _lce_bwd(ignore_index, eps, reduction, chunk, vd, res, g):
+def _lce_bwd(ignore_index, eps, reduction, chunk, vd, mode, res, g):
   if reduction == "none":
     x, w, b, labels, weight, m, log_s, denominator, loss = res
     (dw, db, dweight), out = _scan(
         x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd,
-        row_scale=g.astype(m.dtype), stats=(m, log_s))
+        row_scale=g.astype(m.dtype), stats=(m, log_s), mode=mode)
     dweight = None if weight is None else dweight.astype(weight.dtype)
     return (out["dx"].astype(x.dtype), dw.astype(w.dtype),
             None if b is None else db.astype(b.dtype), None, dweight)
@@ -246,15 +272,15 @@ _lce.defvjp(_lce_fwd, _lce_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("ignore_index", "label_smoothing", "reduction",
-                                             "chunk_size", "vd", "checked"))
+                                             "chunk_size", "vd", "checked", "mode"))
 def _linear_cross_entropy(x, w, labels, bias, weight, *, ignore_index, label_smoothing, reduction,
-                          chunk_size, vd=False, checked=False):
+                          chunk_size, vd=False, checked=False, mode="xla"):
   if checked:
     _checks.check_labels_traced(labels, w.shape[0 if vd else 1], ignore_index,
                                 "linear_cross_entropy")
   batch = labels.shape
   out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
-             ignore_index, label_smoothing, reduction, chunk_size, vd)
+             ignore_index, label_smoothing, reduction, chunk_size, vd, mode)
   return out.reshape(batch) if reduction == "none" else out
 
 
@@ -263,7 +289,7 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
                          weight: jax.typing.ArrayLike | None = None,
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
                          reduction: str = "mean", chunk_size: int | None = None,
-                         checked: bool = False) -> jax.Array:
+                         checked: bool = False, implementation: str | None = None) -> jax.Array:
   r"""``cross_entropy(x @ w + bias, labels, ...)`` without ever forming the (N, V) logits.
 
   .. math:: \ell_n = -\sum_c w^{cls}_c\, t_{n,c} \log\mathrm{softmax}(x_n W + b)_c
@@ -282,6 +308,9 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     reduction: ``"mean"`` (weighted mean over kept rows), ``"sum"`` or ``"none"``.
     chunk_size: rows per chunk; default :func:`default_chunk_size` (32 MiB of float32 logits).
     checked: check traced labels with checkify, as :func:`jaxsoftmax.cross_entropy`.
+    implementation: ``None``, ``"xla"`` or ``"pallas"``: the chunk step (statistics, losses and
+      d loss / d logits of a chunk) through the Pallas cross-entropy row kernel (the default on
+      GPU/TPU) or XLA; the matmuls stay XLA's. See :func:`jaxsoftmax.softmax`.
 
   Returns:
     A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
@@ -303,11 +332,11 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
   """
   return _validated_call("linear_cross_entropy", ("x", "w", "labels", "bias"), x, w, labels, bias,
                          weight, ignore_index, label_smoothing, reduction, chunk_size, vd=False,
-                         checked=checked)
+                         checked=checked, implementation=implementation)
 
 
 def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_smoothing, reduction,
-                    chunk_size, *, vd, checked=False):
+                    chunk_size, *, vd, checked=False, implementation=None):
   """Validation shared by the core API and torch's mirror (which names the arguments its way and
   passes torch's (V, D) weight with ``vd=True``)."""
   xn, wn, ln, bn = names
@@ -346,6 +375,9 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
   label_smoothing = _checks.check_label_smoothing(label_smoothing)
   _checks.check_labels_in_range(labels, v, ignore_index, op)
   n = labels.size
+  _kernels.check(implementation, op)
+  mode = _kernels.choose(implementation, op, _kernels.unsupported(x.dtype, last_axis=True,
+                                                                  empty=n == 0))
   if chunk_size is None:
     chunk_size = default_chunk_size(n, v)
   elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -353,4 +385,5 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
   return _linear_cross_entropy(x, w, labels, bias, weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
                                chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd,
-                               checked=bool(checked) and not _checks.is_concrete(labels))
+                               checked=bool(checked) and not _checks.is_concrete(labels),
+                               mode=mode)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax import _checks
+from jaxsoftmax import _checks, _kernels
 from jaxsoftmax._errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss"]
@@ -136,12 +136,83 @@ def _weight_broadcast(weight, ndim, axis, ct):
 # cross_entropy with integer labels.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _ce_labels(x, labels, weight, axis, ignore_index, label_smoothing, reduction):
-  return _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _ce_labels(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode):
+  if mode != "xla":  # the primal alone: no gradient to form
+    return _ce_kernel_fwd(x, labels, weight, ignore_index, label_smoothing, reduction, mode,
+                          grad=False)[0]
+  return _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode)[0]
 
 
-def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction):
+def _ce_coefficients(row_g, w_y, total_w, eps, num_classes):
+  """The row kernel's (alpha, beta, gamma): d l_n / d x_c = alpha p_c - beta w_c - gamma [c = y]."""
+  a = (1.0 - eps) * w_y + (eps / num_classes) * total_w
+  return row_g * a, row_g * (eps / num_classes), row_g * (1.0 - eps) * w_y
+
+
+def _ce_kernel_fwd(x, labels, weight, ignore_index, eps, reduction, mode, *, grad):
+  """cross_entropy through the row kernel (class axis last). With ``grad`` (mean and sum only)
+  the gradient for a unit cotangent is formed in the same pass over the logits, Liger-style;
+  the backward then only scales it."""
+  ct = jnp.float32
+  num_classes = x.shape[-1]
+  x2 = x.reshape(-1, num_classes)
+  flat = labels.reshape(-1)
+  w_y, kept = _label_weights(flat, weight, ignore_index, num_classes, ct)
+  denominator = _denominator(w_y, weight, ignore_index)
+  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
+  scale = 1.0 if reduction != "mean" else 1.0 / denominator
+  row_g = jnp.where(kept, scale, 0.0)
+  coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
+  lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
+  w = None if weight is None else weight.astype(ct)[None, :]
+  m, s, x_y, swx, dz = _kernels.ce(x2, lab, *coefs, w, mode=mode, grad=grad, smooth=eps > 0.0)
+  log_s = jnp.log(s[:, 0])
+  lsm_y = (x_y[:, 0] - m[:, 0]) - log_s
+  losses = -w_y * lsm_y
+  if eps > 0.0:
+    losses = (1.0 - eps) * losses + (eps / num_classes) * (total_w * log_s - swx[:, 0])
+  losses = jnp.where(kept, losses, 0.0)
+  out = _reduce(losses.reshape(labels.shape), denominator, reduction).astype(x.dtype)
+  keep_x = x2 if (weight is not None and eps > 0.0) or dz is None else None
+  return out, (dz, keep_x, m, s, lsm_y, labels, weight, denominator, out)
+
+
+def _ce_kernel_bwd(ignore_index, eps, reduction, mode, res, g):
+  dz, x2, m, s, lsm_y, labels, weight, denominator, out = res
+  ct = jnp.float32
+  num_classes = (dz if dz is not None else x2).shape[1]
+  flat = labels.reshape(-1)
+  w_y, kept = _label_weights(flat, weight, ignore_index, num_classes, ct)
+  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
+  g32 = g.astype(ct)
+  if dz is not None:  # mean / sum: the forward's gradient, scaled
+    dx = (g32 * dz.astype(ct)).astype(g.dtype)
+    row_g = jnp.where(kept, _row_cotangent(g32, flat.shape, denominator, reduction), 0.0)
+  else:  # none: one cotangent per row, so the gradient is formed now from the saved statistics
+    row_g = jnp.where(kept, g32.reshape(-1), 0.0)
+    coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
+    lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
+    w = None if weight is None else weight.astype(ct)[None, :]
+    dx = _kernels.ce(x2, lab, *coefs, w, m, s, mode=mode, grad=True, smooth=eps > 0.0)[4]
+  dx = dx.reshape(labels.shape + (num_classes,))
+  dweight = None
+  if weight is not None:
+    dweight = _per_class(flat, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
+    if eps > 0.0:
+      neg_lsm = jnp.log(s) - (x2.astype(ct) - m)
+      dweight = dweight + (eps / num_classes) * jnp.sum(row_g[:, None] * neg_lsm, axis=0)
+    if reduction == "mean":
+      counts = _per_class(flat, kept.astype(ct), num_classes)
+      dweight = dweight - (g32 * out.astype(ct) / denominator) * counts
+    dweight = dweight.astype(weight.dtype)
+  return dx, None, dweight
+
+
+def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode):
+  if mode != "xla":
+    return _ce_kernel_fwd(x, labels, weight, ignore_index, label_smoothing, reduction, mode,
+                          grad=reduction != "none")
   ct = _checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
@@ -170,7 +241,9 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   return out, (e, total, m, lsm_y, labels, weight, denominator, out, keep_x)
 
 
-def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, res, g):
+def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, mode, res, g):
+  if mode != "xla":
+    return _ce_kernel_bwd(ignore_index, label_smoothing, reduction, mode, res, g)
   e, total, m, lsm_y, labels, weight, denominator, out, x = res
   ct = e.dtype
   num_classes = e.shape[axis]
@@ -334,13 +407,13 @@ def _check_labels(logits, labels, axis, op):
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing",
-                                             "reduction", "indices", "checked"))
+                                             "reduction", "indices", "checked", "mode"))
 def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothing, reduction,
-                   indices, checked=False):
+                   indices, checked=False, mode="xla"):
   if checked:
     _checks.check_labels_traced(labels, logits.shape[axis], ignore_index, "cross_entropy")
   if indices:
-    return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction)
+    return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction, mode)
   return _ce_probs(logits, labels, weight, axis, label_smoothing, reduction)
 
 
@@ -367,7 +440,7 @@ def _prepare_loss(x, labels, axis, weight, reduction, op, name):
 def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
                   weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
                   label_smoothing: float = 0.0, reduction: str = "mean",
-                  checked: bool = False) -> jax.Array:
+                  checked: bool = False, implementation: str | None = None) -> jax.Array:
   r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
 
   .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
@@ -387,6 +460,9 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     checked: under ``jit``, also check the labels with ``jax.experimental.checkify``: run the
       caller under ``checkify.checkify`` and ``err.throw()`` names the first out-of-range label and
       its index (concrete labels are always checked, raising IndexError).
+    implementation: ``None`` (the Pallas row kernel on GPU/TPU for integer labels with the class
+      axis last, else XLA), ``"xla"`` or ``"pallas"``; see :func:`jaxsoftmax.softmax`. The kernel
+      forms the gradient in the forward pass (mean and sum), in one read of the logits.
 
   Returns:
     A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
@@ -419,9 +495,15 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
+  _kernels.check(implementation, op)
+  reason = _kernels.unsupported(logits.dtype, last_axis=axis == logits.ndim - 1,
+                                empty=logits.size == 0)
+  if reason is None and not indices:
+    reason = "takes integer labels only (probability targets use 'xla')"
   return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
                         label_smoothing=label_smoothing, reduction=reduction, indices=indices,
-                        checked=bool(checked) and indices and not _checks.is_concrete(labels))
+                        checked=bool(checked) and indices and not _checks.is_concrete(labels),
+                        mode=_kernels.choose(implementation, op, reason))
 
 
 def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
