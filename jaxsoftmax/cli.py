@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import pathlib
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jaxsoftmax import parity
+from jaxsoftmax import _kernels, parity
 
 COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
            "grad max rel", "result")
@@ -90,13 +91,16 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     task = progress.add_task("parity", total=len(jobs))
-    for case, plat in jobs:
-      progress.update(task, description=f"{case.op} {case.dtype} {plat}")
-      results.append(parity.run_case(case, plat))
-      progress.advance(task)
+    impl = getattr(args, "implementation", "auto")
+    with contextlib.nullcontext() if impl == "auto" else _kernels.prefer(impl):
+      for case, plat in jobs:
+        progress.update(task, description=f"{case.op} {case.dtype} {plat}")
+        results.append(parity.run_case(case, plat))
+        progress.advance(task)
   rows = _summarise(results)
   meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "versions": versions, "devices": [str(parity.device_for(p)) for p in platforms],
+          "implementation": getattr(args, "implementation", "auto"),
           "tolerances": {k: vars(v) for k, v in parity.TOLERANCES.items()}}
   table = Table(title=f"jaxsoftmax vs torch: {len(results)} cases")
   for col in COLUMNS:
@@ -196,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtypes", nargs="+", choices=parity.DTYPES, help="restrict to these dtypes")
   p.add_argument("--devices", nargs="+", choices=("cpu", "gpu", "tpu"),
                  help="JAX platforms to test (default: every one present)")
+  p.add_argument("--implementation", choices=("auto", "xla", "pallas"), default="auto",
+                 help="kernels behind the ops: auto (Pallas on GPU/TPU), xla, or pallas wherever "
+                      "the kernels apply (Pallas' interpreter on CPU: slow)")
   p.set_defaults(func=run_parity)
   t = sub.add_parser("train", help="train the tutorial's income MLP or digits CNN on real data")
   t.add_argument("task", choices=("income", "digits"))

@@ -670,7 +670,11 @@ def run_case(case: Case, platform: str = "cpu") -> CaseResult:
   inputs = make_inputs(case)
   diff = [k for k in op.diff if k in inputs and np.issubdtype(inputs[k].dtype, np.floating)]
   try:
-    with _x64(case.dtype):
+    # float32 matmuls (linear_cross_entropy) at full precision on both sides: GPUs otherwise use
+    # TF32 (10-bit mantissa), which no float32 tolerance would survive.
+    _torch().backends.cuda.matmul.allow_tf32 = False
+    _torch().backends.cudnn.allow_tf32 = False
+    with _x64(case.dtype), jax.default_matmul_precision("highest"):
       device = device_for(platform)
       arrays = {k: jax.device_put(v, device) for k, v in inputs.items()}
 

@@ -19,6 +19,8 @@ contract.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -27,10 +29,25 @@ from jax import lax
 
 from jaxsoftmax._kernels import gpu, reference, tpu
 
-__all__ = ["IMPLEMENTATIONS", "choose", "softmax_fwd", "softmax_bwd", "ce"]
+__all__ = ["IMPLEMENTATIONS", "choose", "prefer", "softmax_fwd", "softmax_bwd", "ce"]
 
 IMPLEMENTATIONS = (None, "xla", "pallas")
 _DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
+
+
+_PREFERRED = contextvars.ContextVar("jaxsoftmax_preferred_implementation", default=None)
+
+
+@contextlib.contextmanager
+def prefer(implementation):
+  """Within the block, ``implementation=None`` means ``implementation`` wherever the kernels
+  apply (calls they cannot take still use XLA). The parity grid runs through the kernels this way:
+  ``jaxsoftmax parity --implementation pallas``."""
+  token = _PREFERRED.set(check(implementation, "prefer"))
+  try:
+    yield
+  finally:
+    _PREFERRED.reset(token)
 
 
 def check(implementation, op: str):
@@ -64,6 +81,9 @@ def choose(implementation, op: str, reason: str | None) -> str:
     return "xla"
   if implementation == "pallas":
     return "pallas"
+  preferred = _PREFERRED.get()
+  if preferred is not None:
+    return preferred
   return "auto" if jax.default_backend() in ("gpu", "tpu") else "xla"
 
 

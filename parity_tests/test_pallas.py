@@ -1,0 +1,303 @@
+"""The Pallas kernels, tested where no accelerator is.
+
+* Kernel contract: the Triton (GPU) kernels in Pallas' interpreter and the Mosaic (TPU) kernels in
+  TPU interpret mode, against the XLA reference of the same contract, one-pass and two-pass, on
+  ragged shapes and non-finite rows.
+* Against torch: the parity grid's cases whose calls the kernels take, run with
+  ``implementation="pallas"`` preferred, compared with torch by the grid's own tolerance table.
+* Lowering: every kernel, forward and backward, lowers for ``cuda`` (Triton) and ``tpu`` (Mosaic)
+  from this CPU-only machine, so a GPU or TPU run does not meet a kernel the lowering refuses.
+* Dispatch: the default picks XLA on CPU and the kernels on GPU/TPU; bad requests say why.
+"""
+
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsoftmax
+from jaxsoftmax import _kernels, parity
+from jaxsoftmax._kernels import gpu, reference, tpu
+
+BACKENDS = {
+    "triton": functools.partial(lambda mod, name, **kw: functools.partial(
+        getattr(mod, name), interpret=True, **kw), gpu),
+    "mosaic_tpu": functools.partial(lambda mod, name, **kw: functools.partial(
+        getattr(mod, name), interpret=True, **kw), tpu),
+}
+# (rows, n, one_pass_max): one pass with a ragged row block; two passes with a ragged column block.
+PLANS = {"one_pass": (19, 37, None), "two_pass": (40, 300, 128)}
+
+
+def _inputs(rows, n, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
+  x[1, 5] = -np.inf  # one -inf logit: finite row
+  x[2, :] = -np.inf  # all -inf: NaN row (torch agrees)
+  x[3, 7] = np.inf  # +inf: NaN row
+  x[NAN_ROW, 0] = np.nan
+  x[5, n - 1] = 80.0  # a dominant last (ragged-block) entry
+  return jnp.asarray(x, dtype), jnp.asarray(rng.standard_normal((rows, n)), dtype)
+
+
+NAN_ROW = 4
+DEGENERATE_ROWS = [2, 3, NAN_ROW]  # all -inf, +inf, NaN: outputs NaN, statistics unspecified
+
+
+def _assert_same(actual, expected, dtype, stat=False):
+  a = np.asarray(jnp.asarray(actual, jnp.float32), np.float64)
+  e = np.asarray(jnp.asarray(expected, jnp.float32), np.float64)
+  if stat:  # the row max and sum of a degenerate row are unspecified; its outputs are not
+    a, e = np.delete(a, DEGENERATE_ROWS, 0), np.delete(e, DEGENERATE_ROWS, 0)
+  np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg="NaN pattern differs")
+  finite = ~np.isnan(e)
+  tol = parity.tolerance(dtype)
+  np.testing.assert_allclose(a[finite], e[finite], rtol=4 * tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_softmax_kernels_match_the_reference(backend, plan, dtype):
+  rows, n, opm = PLANS[plan]
+  x, dy = _inputs(rows, n, dtype)
+  for log, negate, temperature in [(False, False, 1.0), (True, True, 0.7)]:
+    opts = dict(log=log, negate=negate, temperature=temperature)
+    fwd = BACKENDS[backend]("softmax_fwd", one_pass_max=opm)
+    y, m, s = fwd(x, **opts)
+    y_ref, m_ref, s_ref = reference.softmax_fwd(x, **opts)
+    _assert_same(y, y_ref, dtype)
+    for got, want in [(m, m_ref), (s, s_ref)]:
+      _assert_same(got, want, dtype, stat=True)
+    recompute = dtype != "float32"
+    res = x if recompute else y_ref
+    bwd = BACKENDS[backend]("softmax_bwd", one_pass_max=opm)
+    dx = bwd(dy, res, m_ref, s_ref, recompute=recompute, **opts)
+    _assert_same(dx, reference.softmax_bwd(dy, res, m_ref, s_ref, recompute=recompute, **opts),
+                 dtype)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_kernel_matches_the_reference(backend, plan):
+  rows, n, opm = PLANS[plan]
+  x, _ = _inputs(rows, n, "float32")
+  rng = np.random.default_rng(1)
+  labels = jnp.asarray(rng.integers(0, n, (rows, 1)), jnp.int32).at[6, 0].set(n - 1)
+  a, b, c = (jnp.asarray(rng.uniform(0.1, 1.0, (rows, 1)), jnp.float32) for _ in range(3))
+  w = jnp.asarray(rng.uniform(0.5, 2.0, (1, n)), jnp.float32)
+  ce = BACKENDS[backend]("ce", one_pass_max=opm)
+  for grad, smooth, weight in [(True, False, None), (True, True, w), (False, True, None)]:
+    got = ce(x, labels, a, b, c, weight, grad=grad, smooth=smooth)
+    want = reference.ce(x, labels, a, b, c, weight, grad=grad, smooth=smooth)
+    for i, (g, e) in enumerate(zip(got, want)):
+      assert (g is None) == (e is None)
+      if e is not None:
+        _assert_same(g, e, "float32", stat=i < 2)
+    # From saved statistics (reduction="none"'s backward): the same gradient.
+    again = ce(x, labels, a, b, c, weight, want[0], want[1], grad=True, smooth=smooth)
+    _assert_same(again[4], reference.ce(x, labels, a, b, c, weight, grad=True, smooth=smooth)[4],
+                 "float32")
+
+
+# ----------------------------------------------------------------------------------------------
+# Against torch: the grid's cases that the kernels take.
+
+KERNEL_OPS = ("softmax", "log_softmax", "softmin", "softmax[temperature]",
+              "log_softmax[temperature]", "cross_entropy", "cross_entropy[axis=-1]",
+              "nn.CrossEntropyLoss", "linear_cross_entropy[core]", "linear_cross_entropy")
+PER_OP_AND_DTYPE = 6
+
+
+def _takes_kernels(case):
+  shape = case.shape
+  if case.p.get("targets") == "probs" or case.p.get("kdim"):  # torch's reference path, as torch
+    return False
+  if case.op.startswith("linear_cross_entropy"):
+    return bool(shape) and shape[0] > 0
+  if 0 in shape or not shape:
+    return False
+  if "cross_entropy" in case.op or case.op.startswith("nn."):
+    axis = -1 if case.op.endswith("[axis=-1]") else 1
+    return len(shape) == 2 or axis == -1
+  return case.p.get("dim") in (-1, len(shape) - 1)
+
+
+def _kernel_cases():
+  picked = {}
+  for case in parity.cases(ops=KERNEL_OPS, dtypes=("float32", "bfloat16", "float16")):
+    if _takes_kernels(case):
+      picked.setdefault((case.op, case.dtype), []).append(case)
+  chosen = []
+  for group in picked.values():  # a deterministic spread over each group
+    group.sort(key=lambda c: zlib.crc32(c.id.encode()))
+    chosen += group[:PER_OP_AND_DTYPE]
+  return chosen
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+  """Counts calls into the kernels, so a case that silently took XLA cannot pass as a kernel test."""
+  calls = []
+  for name in ("softmax_fwd", "softmax_bwd", "ce"):
+    original = getattr(_kernels, name)
+
+    def counted(*args, _original=original, _name=name, **kw):
+      calls.append(_name)
+      return _original(*args, **kw)
+
+    monkeypatch.setattr(_kernels, name, counted)
+  return calls
+
+
+@pytest.mark.parametrize("case", _kernel_cases(), ids=lambda c: c.id)
+def test_kernels_agree_with_torch(case, kernel_calls):
+  jax.clear_caches()  # the grid's XLA runs must not answer from the jit cache
+  with _kernels.prefer("pallas"):
+    result = parity.run_case(case, "cpu")
+  assert result.ok, result.report()
+  assert kernel_calls, f"{case.id} never reached a kernel"
+
+
+def test_the_kernel_grid_covers_every_op_and_dtype():
+  groups = {(c.op, c.dtype) for c in _kernel_cases()}
+  assert len(groups) == len(KERNEL_OPS) * 3, sorted(groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering for the real targets, from a CPU.
+
+_MARKERS = {"cuda": "xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+def _lowered(fn, platform, *args):
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("n", [1000, 40000], ids=["one_pass", "two_pass"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_kernel_lowers_for_gpu_and_tpu(platform, n, dtype):
+  x = jax.ShapeDtypeStruct((64, n), jnp.dtype(dtype))
+  labels = jax.ShapeDtypeStruct((64,), jnp.int32)
+  losses = {
+      "softmax": lambda x: jnp.sum(jaxsoftmax.softmax(x, implementation="pallas") ** 2),
+      "log_softmax": lambda x: jnp.sum(jaxsoftmax.log_softmax(
+          x, temperature=0.5, implementation="pallas") ** 2),
+      "softmin": lambda x: jnp.sum(jaxsoftmax.softmin(x, implementation="pallas") ** 2),
+  }
+  for name, loss in losses.items():
+    text = _lowered(jax.grad(lambda x, loss=loss: loss(x).astype(jnp.float32)), platform, x)
+    assert text.count(_MARKERS[platform]) >= 2, f"{name}: no kernel in the {platform} lowering"
+  for reduction in ("mean", "none"):
+    ce = lambda x, y, reduction=reduction: jnp.sum(jaxsoftmax.cross_entropy(
+        x, y, label_smoothing=0.1, weight=jnp.ones(n), reduction=reduction,
+        implementation="pallas")).astype(jnp.float32)
+    assert _MARKERS[platform] in _lowered(jax.grad(ce), platform, x, labels)
+  w = jax.ShapeDtypeStruct((128, n), jnp.dtype(dtype))
+  h = jax.ShapeDtypeStruct((64, 128), jnp.dtype(dtype))
+  lce = lambda h, w, y: jaxsoftmax.linear_cross_entropy(
+      h, w, y, chunk_size=32, implementation="pallas").astype(jnp.float32)
+  assert _MARKERS[platform] in _lowered(jax.grad(lce, argnums=(0, 1)), platform, h, w, labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch and errors.
+
+
+def _jaxpr(fn, *args):
+  return str(jax.make_jaxpr(fn)(*args))
+
+
+def test_the_default_is_xla_on_cpu_and_pallas_on_request():
+  x = jnp.ones((4, 10))
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, x)
+  assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"), x)
+  assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="xla"), x)
+
+
+def test_the_default_takes_the_kernels_on_a_gpu_and_still_runs_on_cpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  x = jax.random.normal(jax.random.key(0), (6, 33))
+  labels = jnp.arange(6)
+  jax.clear_caches()
+  assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
+  assert "pallas_call" in _jaxpr(jaxsoftmax.cross_entropy, x, labels)
+  # Lowered for this CPU, the platform switch takes the reference branch: no interpreter.
+  assert "pallas_call" not in jax.jit(jaxsoftmax.softmax).lower(x).as_text()
+  got = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels))(x)
+  want = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels,
+                                                               implementation="xla"))(x)
+  for g, w in zip(got, want):
+    parity.assert_close(np.asarray(g), np.asarray(w), "float32")
+  # Calls the kernels cannot take still work: they use XLA.
+  assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, axis=0), x)
+  jax.clear_caches()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: jaxsoftmax.softmax(jnp.ones(3), implementation="triton"),
+     "implementation must be None, 'xla' or 'pallas'; got 'triton'"),
+    (lambda: jaxsoftmax.softmax(jnp.ones((2, 3)), axis=0, implementation="pallas"),
+     "softmax: implementation='pallas' reduces over the last axis only"),
+    (lambda: jaxsoftmax.log_softmax(jnp.ones(3), where=jnp.ones(3, bool),
+                                    implementation="pallas"),
+     "log_softmax: implementation='pallas' does not take a where= mask"),
+    (lambda: jaxsoftmax.cross_entropy(jnp.ones((2, 3)), jnp.ones((2, 3)) / 3,
+                                      implementation="pallas"),
+     "takes integer labels only"),
+    (lambda: jaxsoftmax.softmin(jnp.ones((2, 0)), implementation="pallas"),
+     "needs non-empty rows"),
+])
+def test_requests_the_kernels_cannot_take_say_why(call, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    call()
+
+
+def test_float64_is_refused_by_name():
+  with jax.enable_x64(True):
+    with pytest.raises(ValueError, match="covers float16, bfloat16 and float32; got float64"):
+      jaxsoftmax.softmax(jnp.ones(3, jnp.float64), implementation="pallas")
+
+
+def test_prefer_falls_back_where_the_kernels_do_not_apply():
+  x = jnp.ones((3, 4))
+  with _kernels.prefer("pallas"):
+    assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
+    assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, axis=0), x)
+  with pytest.raises(ValueError, match="got 'fast'"):
+    with _kernels.prefer("fast"):
+      pass
+
+
+# ----------------------------------------------------------------------------------------------
+# What the kernel path keeps for the backward pass.
+
+
+def _residuals(fn, x):
+  try:
+    from jax.ad_checkpoint import saved_residuals
+  except ImportError:  # private in some JAX versions
+    from jax._src.ad_checkpoint import saved_residuals
+  return [(tuple(aval.shape), str(aval.dtype)) for aval, _ in saved_residuals(fn, x)]
+
+
+def test_softmax_kernels_keep_the_output_or_the_half_input_and_row_stats():
+  x32 = jnp.ones((8, 100))
+  big = [r for r in _residuals(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
+                               x32) if r[0] == (8, 100)]
+  assert big == [((8, 100), "float32")]
+  x16 = x32.astype(jnp.bfloat16)
+  big = [r for r in _residuals(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
+                               x16) if r[0] == (8, 100)]
+  assert big == [((8, 100), "bfloat16")]  # the input itself: no float32 copy is written
+
+
+def test_cross_entropy_kernel_keeps_only_the_gradient():
+  x = jnp.ones((8, 100), jnp.bfloat16)
+  fn = lambda x: jaxsoftmax.cross_entropy(x, jnp.arange(8), implementation="pallas")
+  big = [r for r in _residuals(fn, x) if r[0] == (8, 100)]
+  assert big == [((8, 100), "bfloat16")]  # d loss / d logits, formed in the forward pass
