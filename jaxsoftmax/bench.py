@@ -39,6 +39,19 @@ DEFAULT_SHAPES = {"softmax": [(4096, 1024), (1024, 32768), (65536, 10)],
                   "log_softmax": [(4096, 1024), (1024, 32768), (65536, 10)],
                   "cross_entropy": [(4096, 1024), (1024, 32768), (65536, 10)],
                   "linear_cross_entropy": [(8192, 512, 32768)]}
+# The accelerator targets (issue 6): the Triton fused-softmax tutorial's sweep at M=4096 (sampled
+# from N=256..12672), the bandwidth target (4096, 32768), a long-row case and cross_entropy at
+# N=8192 over large vocabularies.
+TRITON_SWEEP = (256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 10240, 12672)
+GPU_SHAPES = {"softmax": [(4096, n) for n in TRITON_SWEEP] + [(4096, 32768), (16384, 131072)],
+              "log_softmax": [(4096, n) for n in TRITON_SWEEP] + [(4096, 32768),
+                                                                   (16384, 131072)],
+              "cross_entropy": [(8192, 32768), (8192, 131072), (8192, 262144)],
+              "linear_cross_entropy": [(8192, 4096, 131072)]}
+PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES}
+# Our own other path, timed beside the default so an accelerator run shows kernel vs XLA; it is
+# never counted as a peer (on a CPU the default is XLA, so it only runs when asked for).
+SELF_VARIANTS = ("jaxsoftmax[xla]",)
 PEERS = {"softmax": ("jax.nn", "torch", "torch.compile"),
          "log_softmax": ("jax.nn", "torch", "torch.compile"),
          "cross_entropy": ("optax", "torch", "torch.compile"),
@@ -101,18 +114,20 @@ def _jax_fns(op: str, impl: str):
 
   import jaxsoftmax  # noqa: PLC0415
 
+  kw = {"implementation": "xla"} if impl == "jaxsoftmax[xla]" else {}
+  ours = impl in ("jaxsoftmax",) + SELF_VARIANTS
   if op in ("softmax", "log_softmax"):
-    fn = {"jaxsoftmax": getattr(jaxsoftmax, op), "jax.nn": getattr(jax.nn, op)}.get(impl)
-    return None if fn is None else (lambda labels, x: fn(x, axis=-1))
+    fn = getattr(jaxsoftmax, op) if ours else {"jax.nn": getattr(jax.nn, op)}.get(impl)
+    return None if fn is None else (lambda labels, x: fn(x, axis=-1, **kw))
   if op == "cross_entropy":
-    if impl == "jaxsoftmax":
-      return lambda labels, x: jaxsoftmax.cross_entropy(x, labels)
+    if ours:
+      return lambda labels, x: jaxsoftmax.cross_entropy(x, labels, **kw)
     if impl == "optax":
       import optax  # noqa: PLC0415
       return lambda labels, x: optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
     return None
-  if impl == "jaxsoftmax":
-    return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(x, w, labels)
+  if ours:
+    return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(x, w, labels, **kw)
   if impl == "optax":
     import optax  # noqa: PLC0415
     return lambda labels, x, w: optax.softmax_cross_entropy_with_integer_labels(
@@ -319,9 +334,15 @@ def _child(spec: str) -> int:
   calls["fwd+bwd"]()
   calls["fwd+bwd"]()
   out = {"peak_rss_mb": _high_water_mib(), "setup_rss_mb": before}
-  if device == "cuda":
-    import torch  # noqa: PLC0415
-    out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+  if impl.startswith("torch"):
+    if device == "cuda":
+      import torch  # noqa: PLC0415
+      out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+  else:
+    import jax  # noqa: PLC0415
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    if "peak_bytes_in_use" in stats:
+      out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
   print(json.dumps(out))
   return 0
 
@@ -391,7 +412,8 @@ def run(config: Config, progress=None) -> dict:
   for op, shape, dtype in plan:
     if progress:
       progress.update(task, description=f"{op} {shape} {dtype}")
-    impls = ("jaxsoftmax",) + tuple(p for p in PEERS[op]
+    extra = SELF_VARIANTS if plat != "cpu" else ()
+    impls = ("jaxsoftmax",) + tuple(p for p in extra + PEERS[op]
                                     if config.impls is None or p in config.impls)
     calls, temps, missing = {}, {}, {}
     for impl in impls:
@@ -417,6 +439,10 @@ def run(config: Config, progress=None) -> dict:
           row["gflops"] = fl / median / 1e9
         if temps[impl].get(mode) is not None:
           row["xla_temp_mb"] = temps[impl][mode]
+        if op == "cross_entropy" and mode == "fwd+bwd":
+          # What a Liger-style kernel that writes the gradient over the logits would hold at
+          # its peak: the logits alone. A computed bound to read peak memory against, not a run.
+          row["inplace_bound_mb"] = shape[0] * shape[1] * (2 if dtype == "bfloat16" else 4) / 2**20
         rows.append(row)
     if config.rss == "all" or (config.rss == "linear" and op == "linear_cross_entropy"):
       for impl in impls:
@@ -449,6 +475,8 @@ def speedups(doc: dict, mode: str = "fwd+bwd", dtype: str = "float32") -> list[d
   out = []
   for (op, shape), times in by_key.items():
     ours = times.pop("jaxsoftmax", None)
+    for variant in SELF_VARIANTS:
+      times.pop(variant, None)
     if ours is None or not times:
       continue
     best = min(times, key=times.get)
@@ -462,15 +490,29 @@ def geomean(values) -> float:
   return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-def write(doc: dict, out_dir, *, overwrite: bool = False) -> pathlib.Path:
+def _row_key(row):
+  return (row["op"], row["impl"], tuple(row["shape"]), row["dtype"], row["mode"])
+
+
+def write(doc: dict, out_dir, *, overwrite: bool = False, append: bool = False) -> pathlib.Path:
   """``<out_dir>/<device>-<date>.json`` (atomically; an existing file is kept unless
-  ``overwrite``, the new one then gets the time too) and its PNG chart."""
+  ``overwrite``, the new one then gets the time too) and its PNG chart. ``append`` merges the
+  rows into that day's file instead (a new row replaces one with the same op, impl, shape, dtype
+  and mode), so a long accelerator run can be split into several commands."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   device = "".join(c if c.isalnum() else "-" for c in doc["device"].lower()).strip("-")
   stamp = doc["timestamp"][:10]
   path = out_dir / f"{device}-{stamp}.json"
-  if path.exists() and not overwrite:
+  if append and path.exists():
+    old = json.loads(path.read_text())
+    if old.get("device") != doc["device"]:
+      raise ValueError(f"{path} holds results for {old.get('device')!r}, not {doc['device']!r}")
+    new_keys = {_row_key(r) for r in doc["rows"]}
+    doc = doc | {"rows": [r for r in old["rows"] if _row_key(r) not in new_keys] + doc["rows"],
+                 "copy_gbps_runs": old.get("copy_gbps_runs", [old["copy_gbps"]]) + [
+                     doc["copy_gbps"]]}
+  elif path.exists() and not overwrite:
     path = out_dir / f"{device}-{stamp}-{doc['timestamp'][11:19].replace(':', '')}.json"
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -497,7 +539,8 @@ def chart(doc: dict, path) -> None:
       ax = axes[i][j]
       sel = [r for r in rows if r["op"] == op and r["dtype"] == dtype]
       shapes = sorted({tuple(r["shape"]) for r in sel})
-      impls = [i_ for i_ in ("jaxsoftmax",) + PEERS[op] if any(r["impl"] == i_ for r in sel)]
+      impls = [i_ for i_ in ("jaxsoftmax",) + SELF_VARIANTS + PEERS[op]
+               if any(r["impl"] == i_ for r in sel)]
       width = 0.8 / max(len(impls), 1)
       for k, impl in enumerate(impls):
         ys = [next((r["median_ms"] for r in sel if r["impl"] == impl and tuple(r["shape"]) == s),

@@ -149,7 +149,7 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
   from jaxsoftmax import bench  # noqa: PLC0415
 
   try:
-    shapes = bench.parse_shapes(args.shapes, args.ops)
+    shapes = bench.parse_shapes(args.shapes, args.ops) or bench.PRESETS[args.preset]
   except ValueError as e:
     console.print(f"[red]{e}[/red]")
     return 2
@@ -158,7 +158,7 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     doc = bench.run(config, progress=progress)
-  path = bench.write(doc, args.out, overwrite=args.overwrite)
+  path = bench.write(doc, args.out, overwrite=args.overwrite, append=args.append)
   console.print(f"{doc['device']}: copy bandwidth {doc['copy_gbps']:.1f} GB/s (read + write)")
   table = Table("op", "impl", "shape", "dtype", "mode", "median ms", "p20-p80 ms", "GB/s",
                 "of copy", "XLA temp MiB", "peak RSS MiB", title="jaxsoftmax bench")
@@ -220,17 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--resume", action="store_true",
                  help="continue from the newest verified state in OUT/state, bitwise identically")
   t.set_defaults(func=run_train)
-  from jaxsoftmax.bench import DTYPES, MODES, OPS, PEERS  # noqa: PLC0415 - numpy only
+  from jaxsoftmax.bench import DTYPES, MODES, OPS, PEERS, SELF_VARIANTS  # noqa: PLC0415 - numpy only
   b = sub.add_parser("bench", help="time jaxsoftmax beside jax.nn, optax, tokamax and torch")
   b.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), metavar="OP",
                  help=f"default: all of {', '.join(OPS)}")
   b.add_argument("--shapes", nargs="+", metavar="NxV|NxDxV",
                  help="override the default shapes (NxV for the softmax family and "
                       "cross_entropy, NxDxV for linear_cross_entropy)")
+  b.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                 help="shape set: cpu (issue 4's CPU targets) or gpu (the Triton tutorial's sweep "
+                      "at M=4096, (4096, 32768), (16384, 131072), cross_entropy at N=8192 with "
+                      "V up to 262144); --shapes overrides it")
   b.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
   b.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   b.add_argument("--impls", nargs="+", metavar="IMPL",
-                 choices=sorted({p for peers in PEERS.values() for p in peers}),
+                 choices=sorted({p for peers in PEERS.values() for p in peers}
+                                | set(SELF_VARIANTS)),
                  help="only these peers beside jaxsoftmax (default: all that run here)")
   b.add_argument("--reps", type=int, default=15, help="timed calls per provider (at most)")
   b.add_argument("--budget", type=float, default=20.0,
@@ -240,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--out", default="benchmarks/results", help="directory for the JSON and PNG")
   b.add_argument("--overwrite", action="store_true",
                  help="replace today's results file instead of writing a time-stamped one")
+  b.add_argument("--append", action="store_true",
+                 help="merge the rows into today's results file (split a long run into commands)")
   b.set_defaults(func=run_bench)
   return parser
 

@@ -178,9 +178,11 @@ def _lowered(fn, platform, *args):
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("n", [1000, 40000], ids=["one_pass", "two_pass"])
+@pytest.mark.parametrize("n", [1000, 70000], ids=["one_pass", "two_pass"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_kernel_lowers_for_gpu_and_tpu(platform, n, dtype):
+  assert (gpu.plan(n)[2] > 1) == (n > gpu.ONE_PASS_MAX)
+  assert (tpu.plan(64, n, jnp.dtype(dtype).itemsize)[2] > 1) == (n == 70000)
   x = jax.ShapeDtypeStruct((64, n), jnp.dtype(dtype))
   labels = jax.ShapeDtypeStruct((64,), jnp.int32)
   losses = {

@@ -79,3 +79,48 @@ def test_a_small_run_writes_long_rows_json_and_chart(tmp_path):
 def test_cli_rejects_bad_shapes(capsys):
   assert cli.main(["bench", "--shapes", "8by16"]) == 2
   assert "is not like" in capsys.readouterr().out
+
+
+def test_our_xla_variant_is_timed_but_never_counted_as_a_peer():
+  doc = {"rows": [
+      {"op": "softmax", "impl": i, "shape": [2, 3], "dtype": "float32", "mode": "fwd+bwd",
+       "status": "ok", "median_ms": ms} for i, ms in (("jaxsoftmax", 2.0), ("jaxsoftmax[xla]", 1.0),
+                                                         ("torch", 4.0))]}
+  (row,) = bench.speedups(doc)
+  assert row["fastest_peer"] == "torch" and row["speedup"] == pytest.approx(2.0)
+
+
+def test_the_gpu_preset_holds_the_issue_targets():
+  gpu = bench.PRESETS["gpu"]
+  assert (4096, 32768) in gpu["softmax"] and (16384, 131072) in gpu["softmax"]
+  assert [n for m, n in gpu["softmax"] if m == 4096][:len(bench.TRITON_SWEEP)] == list(
+      bench.TRITON_SWEEP)
+  assert min(bench.TRITON_SWEEP) == 256 and max(bench.TRITON_SWEEP) == 12672
+  assert gpu["cross_entropy"] == [(8192, 32768), (8192, 131072), (8192, 262144)]
+
+
+def _doc(rows, copy=10.0, device="cpu"):
+  return {"device": device, "copy_gbps": copy, "timestamp": "2026-11-24T00:00:00+00:00",
+          "host": {"cpus": 2}, "versions": {}, "rows": rows}
+
+
+def _row(impl, ms, shape=(2, 3)):
+  return {"op": "softmax", "impl": impl, "shape": list(shape), "dtype": "float32",
+          "mode": "fwd+bwd", "status": "ok", "median_ms": ms, "gbps": 1.0}
+
+
+def test_append_merges_runs_into_one_file_and_replaces_repeated_rows(tmp_path):
+  first = bench.write(_doc([_row("jaxsoftmax", 2.0), _row("torch", 3.0)]), tmp_path)
+  second = bench.write(_doc([_row("jaxsoftmax", 1.5), _row("torch", 9.0, (4, 5))], copy=12.0),
+                       tmp_path, append=True)
+  assert first == second
+  saved = json.loads(second.read_text())
+  got = {(r["impl"], tuple(r["shape"])): r["median_ms"] for r in saved["rows"]}
+  assert got == {("jaxsoftmax", (2, 3)): 1.5, ("torch", (2, 3)): 3.0, ("torch", (4, 5)): 9.0}
+  assert saved["copy_gbps_runs"] == [10.0, 12.0]
+  for row in saved["rows"]:  # the fields the accelerator results must carry
+    assert {"op", "impl", "shape", "dtype", "mode", "median_ms", "gbps"} <= set(row)
+  assert {"device", "copy_gbps", "versions", "rows"} <= set(saved)
+  # Two device names that share a file name are never merged.
+  with pytest.raises(ValueError, match="holds results for 'cpu', not 'CPU'"):
+    bench.write(_doc([], device="CPU"), tmp_path, append=True)

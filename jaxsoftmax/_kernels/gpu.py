@@ -23,7 +23,10 @@ from jax.experimental.pallas import triton as pltriton
 
 from jaxsoftmax._kernels.reference import F32, scaled
 
-ONE_PASS_MAX = 16384  # columns held in registers at once (the Triton tutorial's sweep ends at 12672)
+# Columns held in registers at once. Liger-Kernel fuses rows up to 65536 columns with 32 warps
+# (1024 threads, 64 float32 values each at the limit); beyond that a row no longer fits an SM's
+# 256 KiB register file with room to spare, and the two-pass kernel takes over.
+ONE_PASS_MAX = 65536
 BLOCK_N = 4096  # column block of the two-pass kernels
 _NEG_INF = -jnp.inf
 
@@ -37,9 +40,10 @@ def plan(n: int, one_pass_max: int | None = None) -> tuple[int, int, int, int]:
   else:
     bn = min(BLOCK_N, pl.next_power_of_2(limit))
     blocks = pl.cdiv(n, bn)
-  br = max(1, min(16, 2048 // bn)) if blocks == 1 else 1
+  br = max(1, min(16, 2048 // bn)) if blocks == 1 else 1  # short rows: several per program
   elems = br * bn
-  num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+  # Liger-Kernel's calculate_settings thresholds (the Triton tutorial's, extended to 32 warps).
+  num_warps = 32 if elems >= 32768 else 16 if elems >= 8192 else 8 if elems >= 2048 else 4
   return br, bn, blocks, num_warps
 
 
