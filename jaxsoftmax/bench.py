@@ -517,7 +517,11 @@ def write(doc: dict, out_dir, *, overwrite: bool = False, append: bool = False) 
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(doc, indent=1) + "\n")
   tmp.replace(path)
-  chart(doc, path.with_suffix(".png"))
+  try:
+    chart(doc, path.with_suffix(".png"))
+  except ImportError:  # an accelerator box without matplotlib: `jaxsoftmax bench --chart` later
+    print(f"matplotlib is not installed: no chart; draw it with `jaxsoftmax bench --chart {path}`",
+          file=sys.stderr)
   return path
 
 

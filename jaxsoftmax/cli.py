@@ -148,6 +148,11 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
 def run_bench(args: argparse.Namespace, console: Console) -> int:
   from jaxsoftmax import bench  # noqa: PLC0415
 
+  if args.chart:
+    path = pathlib.Path(args.chart)
+    bench.chart(json.loads(path.read_text()), path.with_suffix(".png"))
+    console.print(f"wrote {path.with_suffix('.png')}")
+    return 0
   try:
     shapes = bench.parse_shapes(args.shapes, args.ops) or bench.PRESETS[args.preset]
   except ValueError as e:
@@ -245,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--out", default="benchmarks/results", help="directory for the JSON and PNG")
   b.add_argument("--overwrite", action="store_true",
                  help="replace today's results file instead of writing a time-stamped one")
+  b.add_argument("--chart", metavar="RESULTS.json",
+                 help="only (re)draw the PNG chart of a results file, e.g. one from a GPU box")
   b.add_argument("--append", action="store_true",
                  help="merge the rows into today's results file (split a long run into commands)")
   b.set_defaults(func=run_bench)

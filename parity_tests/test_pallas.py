@@ -22,12 +22,24 @@ import jaxsoftmax
 from jaxsoftmax import _kernels, parity
 from jaxsoftmax._kernels import gpu, reference, tpu
 
-BACKENDS = {
-    "triton": functools.partial(lambda mod, name, **kw: functools.partial(
-        getattr(mod, name), interpret=True, **kw), gpu),
-    "mosaic_tpu": functools.partial(lambda mod, name, **kw: functools.partial(
-        getattr(mod, name), interpret=True, **kw), tpu),
+def _kernel(module, interpret):
+  return lambda name, **kw: functools.partial(getattr(module, name), interpret=interpret, **kw)
+
+
+_PRESENT = parity.platforms()
+BACKENDS = {  # interpreted everywhere; compiled where the hardware is present
+    "triton": _kernel(gpu, True),
+    "mosaic_tpu": _kernel(tpu, True),
+    "triton-compiled": _kernel(gpu, False),
+    "mosaic_tpu-compiled": _kernel(tpu, False),
 }
+_NEEDS = {"triton-compiled": "gpu", "mosaic_tpu-compiled": "tpu"}
+BACKEND_PARAMS = [
+    pytest.param(b, marks=pytest.mark.skipif(
+        _NEEDS.get(b, "cpu") not in _PRESENT,
+        reason=f"no {_NEEDS.get(b)} platform in jax.devices(); present: {_PRESENT}"))
+    for b in BACKENDS
+]
 # (rows, n, one_pass_max): one pass with a ragged row block; two passes with a ragged column block.
 PLANS = {"one_pass": (19, 37, None), "two_pass": (40, 300, 128)}
 
@@ -59,7 +71,7 @@ def _assert_same(actual, expected, dtype, stat=False):
 
 
 @pytest.mark.parametrize("plan", PLANS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_softmax_kernels_match_the_reference(backend, plan, dtype):
   rows, n, opm = PLANS[plan]
@@ -81,7 +93,7 @@ def test_softmax_kernels_match_the_reference(backend, plan, dtype):
 
 
 @pytest.mark.parametrize("plan", PLANS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_cross_entropy_kernel_matches_the_reference(backend, plan):
   rows, n, opm = PLANS[plan]
   x, _ = _inputs(rows, n, "float32")
@@ -214,7 +226,9 @@ def _jaxpr(fn, *args):
   return str(jax.make_jaxpr(fn)(*args))
 
 
-def test_the_default_is_xla_on_cpu_and_pallas_on_request():
+def test_the_default_is_xla_on_cpu_and_pallas_on_request(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # also when a GPU is present
+  jax.clear_caches()
   x = jnp.ones((4, 10))
   assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, x)
   assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"), x)
@@ -229,7 +243,8 @@ def test_the_default_takes_the_kernels_on_a_gpu_and_still_runs_on_cpu(monkeypatc
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
   assert "pallas_call" in _jaxpr(jaxsoftmax.cross_entropy, x, labels)
   # Lowered for this CPU, the platform switch takes the reference branch: no interpreter.
-  assert "pallas_call" not in jax.jit(jaxsoftmax.softmax).lower(x).as_text()
+  cpu_text = jax.jit(jaxsoftmax.softmax).trace(x).lower(lowering_platforms=("cpu",)).as_text()
+  assert "pallas_call" not in cpu_text and "triton" not in cpu_text
   got = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels))(x)
   want = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels,
                                                                implementation="xla"))(x)

@@ -124,3 +124,10 @@ def test_append_merges_runs_into_one_file_and_replaces_repeated_rows(tmp_path):
   # Two device names that share a file name are never merged.
   with pytest.raises(ValueError, match="holds results for 'cpu', not 'CPU'"):
     bench.write(_doc([], device="CPU"), tmp_path, append=True)
+
+
+def test_chart_can_be_drawn_later_from_a_results_file(tmp_path):
+  path = bench.write(_doc([_row("jaxsoftmax", 2.0), _row("torch", 3.0)]), tmp_path)
+  path.with_suffix(".png").unlink()
+  assert cli.main(["bench", "--chart", str(path)]) == 0
+  assert path.with_suffix(".png").stat().st_size > 1000
