@@ -164,7 +164,10 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
 
   def fwd_bwd(labels, g, *a):
     y, vjp = jax.vjp(lambda *d: f(labels, *d), *a)
-    return y, vjp(g)
+    # A scalar loss is differentiated as jax.value_and_grad does it, with the cotangent 1.0 known
+    # to the compiler (so a gradient formed in the forward pass needs no scaling pass); any other
+    # output gets its cotangent as an argument, like an upstream gradient.
+    return y, vjp(jnp.ones((), out0.dtype) if out0.shape == () else g)
 
   calls, temp = {}, {}
   for mode in modes:
