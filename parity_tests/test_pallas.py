@@ -318,3 +318,17 @@ def test_cross_entropy_kernel_keeps_only_the_gradient():
   fn = lambda x: jaxsoftmax.cross_entropy(x, jnp.arange(8), implementation="pallas")
   big = [r for r in _residuals(fn, x) if r[0] == (8, 100)]
   assert big == [((8, 100), "bfloat16")]  # d loss / d logits, formed in the forward pass
+
+
+def test_float16_gradient_survives_a_loss_scale():
+  """The forward-formed float16 gradient p/N underflows float16 before a loss-scaling cotangent
+  could bring it back, so it is kept in float32: the kernel path then equals the XLA path."""
+  x = jnp.full((8, 16), -14.0, jnp.float16).at[:, 0].set(0.0)  # p ~ 8e-7 off the label
+  labels = jnp.zeros(8, jnp.int32)
+  scale = jnp.float16(2.0**14)
+  grads = {impl: jax.grad(lambda x, impl=impl: scale * jaxsoftmax.cross_entropy(
+      x, labels, implementation=impl))(x) for impl in ("pallas", "xla")}
+  off_label = np.asarray(grads["xla"][:, 1:], np.float32)
+  assert (off_label > 0).all()  # representable once scaled: 2^14 * 8e-7 / 8
+  parity.assert_close(np.asarray(grads["pallas"]), np.asarray(grads["xla"], np.float64),
+                      "float16")

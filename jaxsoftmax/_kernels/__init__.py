@@ -107,14 +107,16 @@ def softmax_bwd(dy, res, m, s, *, mode, log, negate, temperature, recompute):
                    temperature=temperature, recompute=recompute)
 
 
-def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, mode, grad, smooth):
+def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, mode, grad, smooth,
+       dx_dtype=None):
   """``(m, s, x_y, swx, dx | None)``; ``w``, ``m``/``s`` optional (closed over, not traced args
   of the platform switch, so their absence is static)."""
   def run(impl, x, labels, alpha, beta, gamma, *rest):
     rest = list(rest)
     wv = rest.pop(0) if w is not None else None
     mv, sv = (rest[0], rest[1]) if m is not None else (None, None)
-    return impl(x, labels, alpha, beta, gamma, wv, mv, sv, grad=grad, smooth=smooth)
+    return impl(x, labels, alpha, beta, gamma, wv, mv, sv, grad=grad, smooth=smooth,
+                dx_dtype=dx_dtype)
 
   args = [x, labels, alpha, beta, gamma] + ([w] if w is not None else []) + (
       [m, s] if m is not None else [])

@@ -270,15 +270,16 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
   t.store_row(swx_ref, swx)
 
 
-def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, interpret=False,
-       one_pass_max=None):
+def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, dx_dtype=None,
+       interpret=False, one_pass_max=None):
   rows, n = x.shape
   br, bn, blocks, warps = plan(n, one_pass_max)
   have_stats = m is not None
   kernel = functools.partial(_ce_kernel, rows=rows, n=n, br=br, bn=bn, blocks=blocks, grad=grad,
                              smooth=smooth, weighted=w is not None, have_stats=have_stats)
   stat = jax.ShapeDtypeStruct((rows, 1), F32)
-  out_shape = [stat] * 4 + ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if grad else [])
+  out_shape = [stat] * 4 + (
+      [jax.ShapeDtypeStruct(x.shape, dx_dtype or x.dtype)] if grad else [])
   args = [x, labels, alpha, beta, gamma] + ([w] if w is not None else []) + (
       [m, s] if have_stats else [])
   out = _call(kernel, tuple(out_shape), rows, br, warps, interpret, *args)

@@ -62,10 +62,10 @@ def softmax_bwd(dy, res, m, s, *, log, negate, temperature, recompute):
   return (-dx if negate else dx).astype(dy.dtype)
 
 
-def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth):
+def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, dx_dtype=None):
   """Cross-entropy row kernel. ``labels`` [rows, 1] int32 in range; ``w`` [1, n] or None;
   ``m, s`` from an earlier call skip the statistics. Returns ``(m, s, x_y, swx, dx | None)``,
-  ``swx`` zeros unless ``smooth``."""
+  ``swx`` zeros unless ``smooth``; ``dx`` in ``dx_dtype`` (default ``x.dtype``)."""
   xf = x.astype(F32)
   if m is None:
     m, s = _stats(xf)
@@ -80,5 +80,5 @@ def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth):
     dx = alpha * (jnp.exp(xf - m) / s)
     if smooth:
       dx = dx - beta * (1.0 if w is None else w)
-    dx = (dx - jnp.where(at_label, gamma, 0.0)).astype(x.dtype)
+    dx = (dx - jnp.where(at_label, gamma, 0.0)).astype(dx_dtype or x.dtype)
   return m, s, x_y, swx, dx

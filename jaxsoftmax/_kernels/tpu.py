@@ -291,13 +291,13 @@ def _ce_finish_kernel(*refs, n, bn, blocks, grad, smooth, weighted):
                             smooth).astype(outs[1].dtype)
 
 
-def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, interpret=False,
-       one_pass_max=None):
+def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, dx_dtype=None,
+       interpret=False, one_pass_max=None):
   rows, n = x.shape
   br, bn, blocks = plan(rows, n, x.dtype.itemsize, one_pass_max)
   weighted, have_stats = w is not None, m is not None
   stat = jax.ShapeDtypeStruct((rows, 1), F32)
-  dx_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype)] if grad else []
+  dx_shape = [jax.ShapeDtypeStruct(x.shape, dx_dtype or x.dtype)] if grad else []
   coefs = [alpha, beta, gamma] + ([w] if weighted else [])
   if blocks == 1:
     tile, row, wspec = _specs(br, n, False)
