@@ -5,12 +5,13 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import torch
 import torch.nn.functional as tF
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jax
+from jaxsoftmax import _kernels, parity
 from jaxsoftmax import functional as F
-from jaxsoftmax import parity
+from jaxsoftmax._kernels import gpu
 
 FLOATS = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
 
@@ -124,3 +125,32 @@ def test_linear_cross_entropy(dtype, n, d, v, chunk, bias, weighted, ignore, smo
   for name, g, tg in zip(("d input", "d weight", "d bias"), grads, t_grads):
     expected = np.zeros_like(g) if tg is None else tg.numpy()
     parity.assert_close(g, expected, dtype, name)
+
+
+# The Pallas kernels (Triton, in Pallas' interpreter here) against torch, one pass and two passes.
+# Each example recompiles (the two-pass threshold is a trace-time constant), so the long profile
+# caps this property at 500 examples.
+@settings(max_examples=min(settings.default.max_examples, 500))
+@given(data=logits(min_dims=2, max_dims=2), op=st.sampled_from(
+           ["softmax", "log_softmax", "softmin", "cross_entropy"]),
+       two_pass=st.booleans(), smoothing=st.sampled_from([0.0, 0.2]),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))
+def test_pallas_kernels(data, op, two_pass, smoothing, reduction, seed):
+  _, x = data  # the kernels cover float32 and half precision: float64 draws run in float32
+  rng = np.random.default_rng(seed)
+  if op == "cross_entropy":
+    target = rng.integers(0, x.shape[1], x.shape[0])
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    jax_fn = lambda a: F.cross_entropy(a, target, **kw)
+    torch_fn = lambda a: tF.cross_entropy(a, torch.from_numpy(target), **kw)
+  else:
+    jax_fn, torch_fn = (lambda a: getattr(F, op)(a, -1)), (lambda a: getattr(tF, op)(a, -1))
+  limit = gpu.ONE_PASS_MAX
+  gpu.ONE_PASS_MAX = 2 if two_pass else limit  # two-pass over 2-column blocks
+  jax.clear_caches()
+  try:
+    with _kernels.prefer("pallas"):
+      _grad_pair(jax_fn, torch_fn, x, "float32")
+  finally:
+    gpu.ONE_PASS_MAX = limit
+    jax.clear_caches()
