@@ -332,3 +332,27 @@ def test_float16_gradient_survives_a_loss_scale():
   assert (off_label > 0).all()  # representable once scaled: 2^14 * 8e-7 / 8
   parity.assert_close(np.asarray(grads["pallas"]), np.asarray(grads["xla"], np.float64),
                       "float16")
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmin", "cross_entropy[mean]",
+                                "cross_entropy[none]", "linear_cross_entropy"])
+def test_second_derivatives_through_the_kernels(op):
+  """grad of grad differentiates the ops' VJP rules, kernels included: they must match XLA's."""
+  x = jax.random.normal(jax.random.key(0), (3, 5))
+  labels = jnp.array([0, 4, 2])
+  w = jax.random.normal(jax.random.key(1), (5, 6))
+
+  def loss(impl):
+    if op == "linear_cross_entropy":
+      return lambda x: jaxsoftmax.linear_cross_entropy(x, w, labels, label_smoothing=0.1,
+                                                       implementation=impl)
+    if op.startswith("cross_entropy"):
+      reduction = op[len("cross_entropy["):-1]
+      return lambda x: jnp.sum(jaxsoftmax.cross_entropy(
+          x, labels, weight=jnp.arange(1.0, 6.0), label_smoothing=0.1, reduction=reduction,
+          implementation=impl) * jnp.arange(1.0, 1.0 + (3 if reduction == "none" else 1)))
+    return lambda x: jnp.sum(getattr(jaxsoftmax, op)(x, implementation=impl) * jnp.cos(x))
+
+  hessian = lambda f: jax.jacrev(jax.grad(f))(x)
+  parity.assert_close(np.asarray(hessian(loss("pallas"))), np.asarray(hessian(loss("xla"))),
+                      "float32")

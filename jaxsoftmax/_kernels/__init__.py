@@ -87,6 +87,28 @@ def choose(implementation, op: str, reason: str | None) -> str:
   return "auto" if jax.default_backend() in ("gpu", "tpu") else "xla"
 
 
+def _differentiable(kernel, ref, *args):
+  """``kernel(*args)``, differentiable through the reference formulation of the same contract.
+
+  First derivatives of the public ops never differentiate a kernel (they run inside the ops'
+  ``custom_vjp`` rules); second derivatives (``jax.hessian``, grad of grad) differentiate those
+  rules themselves, and a ``pallas_call`` has no transpose. The kernels' own VJP is therefore the
+  autodiff of :mod:`jaxsoftmax._kernels.reference`, which computes the same values.
+  """
+  @jax.custom_vjp
+  def op(*a):
+    return kernel(*a)
+
+  def fwd(*a):
+    return kernel(*a), a
+
+  def bwd(a, ct):
+    return jax.vjp(ref, *a)[1](ct)
+
+  op.defvjp(fwd, bwd)
+  return op(*args)
+
+
 def _dispatch(name, mode, args, **kw):
   g = functools.partial(getattr(gpu, name), **kw)
   t = functools.partial(getattr(tpu, name), **kw)
@@ -94,7 +116,8 @@ def _dispatch(name, mode, args, **kw):
     default = functools.partial(getattr(gpu, name), interpret=True, **kw)
   else:
     default = functools.partial(getattr(reference, name), **kw)
-  return lax.platform_dependent(*args, cuda=g, rocm=g, tpu=t, default=default)
+  kernel = lambda *a: lax.platform_dependent(*a, cuda=g, rocm=g, tpu=t, default=default)
+  return _differentiable(kernel, functools.partial(getattr(reference, name), **kw), *args)
 
 
 def softmax_fwd(x, *, mode, log, negate, temperature):
@@ -124,4 +147,5 @@ def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, mode, grad, smo
   t = functools.partial(run, tpu.ce)
   default = functools.partial(run, functools.partial(gpu.ce, interpret=True)
                               if mode == "pallas" else reference.ce)
-  return lax.platform_dependent(*args, cuda=g, rocm=g, tpu=t, default=default)
+  kernel = lambda *a: lax.platform_dependent(*a, cuda=g, rocm=g, tpu=t, default=default)
+  return _differentiable(kernel, functools.partial(run, reference.ce), *args)
