@@ -356,3 +356,13 @@ def test_second_derivatives_through_the_kernels(op):
   hessian = lambda f: jax.jacrev(jax.grad(f))(x)
   parity.assert_close(np.asarray(hessian(loss("pallas"))), np.asarray(hessian(loss("xla"))),
                       "float32")
+
+
+def test_vmap_of_the_kernel_path_matches_xla():
+  x = jax.random.normal(jax.random.key(0), (4, 3, 7))
+  labels = jnp.zeros((4, 3), jnp.int32)
+  grad = lambda impl: jax.vmap(jax.grad(lambda x, y: jaxsoftmax.cross_entropy(
+      x, y, implementation=impl)))(x, labels)
+  parity.assert_close(np.asarray(grad("pallas")), np.asarray(grad("xla")), "float32")
+  soft = lambda impl: jax.vmap(lambda x: jaxsoftmax.log_softmax(x, implementation=impl))(x)
+  parity.assert_close(np.asarray(soft("pallas")), np.asarray(soft("xla")), "float32")
