@@ -376,12 +376,13 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
   _checks.check_labels_in_range(labels, v, ignore_index, op)
   n = labels.size
   _kernels.check(implementation, op)
-  mode = _kernels.choose(implementation, op, _kernels.unsupported(x.dtype, last_axis=True,
-                                                                  empty=n == 0))
   if chunk_size is None:
     chunk_size = default_chunk_size(n, v)
   elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ArgumentError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}.")
+  mode = _kernels.choose(implementation, op, _kernels.unsupported(x.dtype, last_axis=True,
+                                                                  empty=n == 0),
+                         rows=min(chunk_size, n), n=v)  # the kernel sees one chunk at a time
   return _linear_cross_entropy(x, w, labels, bias, weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
                                chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd,

@@ -508,7 +508,8 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
                         label_smoothing=label_smoothing, reduction=reduction, indices=indices,
                         checked=bool(checked) and indices and not _checks.is_concrete(labels),
-                        mode=_kernels.choose(implementation, op, reason))
+                        mode=_kernels.choose(implementation, op, reason,
+                                             rows=labels.size, n=logits.shape[axis]))
 
 
 def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,

@@ -204,7 +204,8 @@ def _call(x, axis, temperature, where, implementation, *, op, log, negate):
     x, axes, reshape_to = x.reshape(1), (0,), ()
   reason = _kernels.unsupported(x.dtype, last_axis=axes == (x.ndim - 1,),
                                 masked=where is not None, empty=x.size == 0)
-  mode = _kernels.choose(implementation, op, reason)
+  n = x.shape[-1] if x.ndim else 1
+  mode = _kernels.choose(implementation, op, reason, rows=x.size // max(n, 1), n=n)
   out = _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
                 mode=mode)
   return out if reshape_to is None else out.reshape(reshape_to)

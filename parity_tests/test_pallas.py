@@ -366,3 +366,16 @@ def test_vmap_of_the_kernel_path_matches_xla():
   parity.assert_close(np.asarray(grad("pallas")), np.asarray(grad("xla")), "float32")
   soft = lambda impl: jax.vmap(lambda x: jaxsoftmax.log_softmax(x, implementation=impl))(x)
   parity.assert_close(np.asarray(soft("pallas")), np.asarray(soft("xla")), "float32")
+
+
+def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  jax.clear_caches()
+  long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
+  many = jax.ShapeDtypeStruct((_kernels.AUTO_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
+                              jnp.float32)
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, long)
+  assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, many)
+  assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
+                                 long)  # asked for: taken
+  jax.clear_caches()

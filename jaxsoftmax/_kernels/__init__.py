@@ -70,9 +70,15 @@ def unsupported(dtype, *, last_axis: bool, masked: bool = False, empty: bool = F
   return None
 
 
-def choose(implementation, op: str, reason: str | None) -> str:
+# The default leaves long rows to XLA when there are few of them: a two-pass kernel gives each
+# row one program, so a handful of very long rows would stream through a handful of SMs, where
+# XLA splits the reduction itself. (A prediction, to be timed on a GPU: benchmarks/NOTES.md.)
+AUTO_MIN_ROWS_TWO_PASS = 512
+
+
+def choose(implementation, op: str, reason: str | None, rows: int = 0, n: int = 0) -> str:
   """The static mode: ``"xla"``, ``"auto"`` (kernels, reference on CPU) or ``"pallas"``
-  (kernels, interpreter on CPU)."""
+  (kernels, interpreter on CPU). ``rows`` and ``n`` (the row length) inform the default only."""
   if implementation == "xla":
     return "xla"
   if reason is not None:
@@ -84,6 +90,8 @@ def choose(implementation, op: str, reason: str | None) -> str:
   preferred = _PREFERRED.get()
   if preferred is not None:
     return preferred
+  if n > gpu.ONE_PASS_MAX and rows < AUTO_MIN_ROWS_TWO_PASS:
+    return "xla"
   return "auto" if jax.default_backend() in ("gpu", "tpu") else "xla"
 
 

@@ -40,7 +40,7 @@ def plan(n: int, one_pass_max: int | None = None) -> tuple[int, int, int, int]:
   else:
     bn = min(BLOCK_N, pl.next_power_of_2(limit))
     blocks = pl.cdiv(n, bn)
-  br = max(1, min(16, 2048 // bn)) if blocks == 1 else 1  # short rows: several per program
+  br = max(1, 2048 // bn) if blocks == 1 else 1  # short rows: several per program, 2048 values
   elems = br * bn
   # Liger-Kernel's calculate_settings thresholds (the Triton tutorial's, extended to 32 warps).
   num_warps = 32 if elems >= 32768 else 16 if elems >= 8192 else 8 if elems >= 2048 else 4
