@@ -45,10 +45,19 @@ __all__ = ["linear_cross_entropy", "default_chunk_size"]
 _CHUNK_BYTES = 32 * 2**20
 
 
-def default_chunk_size(n: int, v: int) -> int:
-  """Rows per chunk: a power of two whose (rows, V) float32 logits fit in 32 MiB (at least 8 rows),
-  and no more than the rows there are."""
-  rows = max(8, 2 ** int(math.log2(max(_CHUNK_BYTES // (4 * max(v, 1)), 1))))
+# On a GPU or TPU: 256 MiB, so that a chunk has enough rows to fill the device (at V = 131072,
+# 512 rows: the Pallas row kernel's default minimum for rows longer than one pass).
+_CHUNK_BYTES_ACCELERATOR = 256 * 2**20
+
+
+def default_chunk_size(n: int, v: int, accelerator: bool | None = None) -> int:
+  """Rows per chunk: a power of two whose (rows, V) float32 logits fit in 32 MiB (256 MiB on a GPU
+  or TPU, by default when JAX's default backend is one; at least 8 rows), and no more than the rows
+  there are."""
+  if accelerator is None:
+    accelerator = jax.default_backend() in ("gpu", "tpu")
+  budget = _CHUNK_BYTES_ACCELERATOR if accelerator else _CHUNK_BYTES
+  rows = max(8, 2 ** int(math.log2(max(budget // (4 * max(v, 1)), 1))))
   return max(1, min(rows, n))
 
 
@@ -306,7 +315,8 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     ignore_index: a label whose rows contribute nothing.
     label_smoothing: ``eps`` in [0, 1].
     reduction: ``"mean"`` (weighted mean over kept rows), ``"sum"`` or ``"none"``.
-    chunk_size: rows per chunk; default :func:`default_chunk_size` (32 MiB of float32 logits).
+    chunk_size: rows per chunk; default :func:`default_chunk_size` (32 MiB of float32 logits;
+      256 MiB on a GPU or TPU).
     checked: check traced labels with checkify, as :func:`jaxsoftmax.cross_entropy`.
     implementation: ``None``, ``"xla"`` or ``"pallas"``: the chunk step (statistics, losses and
       d loss / d logits of a chunk) through the Pallas cross-entropy row kernel (the default on

@@ -379,3 +379,10 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
   assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
                                  long)  # asked for: taken
   jax.clear_caches()
+
+
+def test_linear_chunks_are_larger_on_accelerators():
+  from jaxsoftmax._linear import default_chunk_size
+  assert default_chunk_size(8192, 32768, accelerator=False) == 256  # 32 MiB, measured on CPU
+  assert default_chunk_size(8192, 131072, accelerator=True) == _kernels.AUTO_MIN_ROWS_TWO_PASS
+  assert default_chunk_size(100, 131072, accelerator=True) == 100
