@@ -386,3 +386,22 @@ def test_linear_chunks_are_larger_on_accelerators():
   assert default_chunk_size(8192, 32768, accelerator=False) == 256  # 32 MiB, measured on CPU
   assert default_chunk_size(8192, 131072, accelerator=True) == _kernels.AUTO_MIN_ROWS_TWO_PASS
   assert default_chunk_size(100, 131072, accelerator=True) == 100
+
+
+def _loads(fn, *args):
+  (eqn,) = [e for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns if e.primitive.name == "pallas_call"]
+  return sum(e.primitive.name == "masked_load" for e in eqn.params["jaxpr"].eqns)
+
+
+def test_one_pass_triton_kernels_read_each_input_once():
+  """The bandwidth promise of one pass: every input is loaded exactly once per program."""
+  x = jnp.ones((64, 1000), jnp.bfloat16)
+  row, labels = jnp.ones((64, 1)), jnp.zeros((64, 1), jnp.int32)
+  opts = dict(log=False, negate=True, temperature=0.5)
+  assert _loads(lambda x: gpu.softmax_fwd(x, **opts), x) == 1
+  for recompute, inputs in ((False, 2), (True, 4)):  # dy and y; or dy, x and the row max and sum
+    assert _loads(lambda x: gpu.softmax_bwd(x, x, row, row, recompute=recompute, **opts),
+                  x) == inputs
+  w = jnp.ones((1, 1000))
+  ce = lambda x: gpu.ce(x, labels, row, row, row, w, grad=True, smooth=True)
+  assert _loads(ce, x) == 6  # x, labels, three coefficients, class weights

@@ -159,32 +159,33 @@ def _softmax_bwd_kernel(dy_ref, res_ref, m_ref, s_ref, dx_ref, *, rows, n, br, b
   if recompute:
     m, s = t.load_row(m_ref), t.load_row(s_ref, 1.0)
 
-  def y_of(j):
-    r = t.load(res_ref, j)
+  def load(j):
+    """The block's upstream gradient and forward output, float32 (each loaded once)."""
+    g, r = t.load(dy_ref, j).astype(F32), t.load(res_ref, j)
     if not recompute:
-      return r.astype(F32)
+      return g, r.astype(F32)
     xs = scaled(r, negate, temperature)
-    return (xs - m) - jnp.log(s) if log else jnp.exp(xs - m) / s
+    return g, ((xs - m) - jnp.log(s) if log else jnp.exp(xs - m) / s)
 
-  def dot_of(j):  # the row reduction the gradient needs; masked entries add 0
-    g = t.load(dy_ref, j).astype(F32)
-    return jnp.sum(g if log else jnp.where(t.mask(j), g * y_of(j), 0.0), axis=1, keepdims=True)
+  def dot_of(j, g, y):  # the row reduction the gradient needs; masked entries add 0
+    return jnp.sum(g if log else jnp.where(t.mask(j), g * y, 0.0), axis=1, keepdims=True)
 
-  def dx_of(j, dot):
-    g = t.load(dy_ref, j).astype(F32)
-    dx = g - jnp.exp(y_of(j)) * dot if log else y_of(j) * (g - dot)
+  def dx_of(g, y, dot):
+    dx = g - jnp.exp(y) * dot if log else y * (g - dot)
     if temperature != 1.0:
       dx = dx / temperature
     return -dx if negate else dx
 
-  if blocks == 1:
-    t.store(dx_ref, 0, dx_of(0, dot_of(0)))
+  if blocks == 1:  # one read of dy and of the residual, one write of dx
+    g, y = load(0)
+    t.store(dx_ref, 0, dx_of(g, y, dot_of(0, g, y)))
   else:
-    dot = lax.fori_loop(0, blocks, lambda j, acc: acc + dot_of(j), jnp.zeros((br, 1), F32))
+    dot = lax.fori_loop(0, blocks, lambda j, acc: acc + dot_of(j, *load(j)),
+                        jnp.zeros((br, 1), F32))
 
     @pl.loop(0, blocks)
     def _(j):
-      t.store(dx_ref, j, dx_of(j, dot))
+      t.store(dx_ref, j, dx_of(*load(j), dot))
 
 
 def softmax_bwd(dy, res, m, s, *, log, negate, temperature, recompute, interpret=False,
@@ -222,13 +223,14 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
   def finish(j, xf, m, s):
     """The block's share of swx, and its gradient."""
     part = jnp.zeros((br, 1), F32)
+    w = t.load_w(w_ref, j) if weighted and smooth else 1.0
     if smooth:
       xm = jnp.where(t.mask(j), xf - m, 0.0)
-      part = jnp.sum(xm * t.load_w(w_ref, j) if weighted else xm, axis=1, keepdims=True)
+      part = jnp.sum(xm * w, axis=1, keepdims=True)
     if grad:
       dx = t.load_row(a_ref) * (jnp.exp(xf - m) / s)
       if smooth:
-        dx = dx - t.load_row(b_ref) * (t.load_w(w_ref, j) if weighted else 1.0)
+        dx = dx - t.load_row(b_ref) * w
       dx = dx - jnp.where(t.cols(j) == labels, t.load_row(c_ref), 0.0)
       t.store(dx_ref, j, dx)
     return part
