@@ -6,7 +6,7 @@ Layout: ``reference.py`` states the contract in plain XLA; ``gpu.py`` (Pallas â†
 
 * ``None`` picks Pallas when the default backend is a GPU or TPU and the call is one the kernels
   cover (float16/bfloat16/float32, one class axis that is the last, no ``where`` mask, non-empty
-  rows), XLA otherwise;
+  rows, and not fewer than ``AUTO_MIN_ROWS_TWO_PASS`` rows too long for one pass), XLA otherwise;
 * ``"xla"`` always uses the XLA formulation (the fallback on every platform);
 * ``"pallas"`` forces the kernels and says why when it cannot. On a CPU they run in Pallas'
   interpreter (slow, exact; that is how CI tests them).
