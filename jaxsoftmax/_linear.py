@@ -35,7 +35,8 @@ from jax import lax
 
 from jaxsoftmax import _checks, _kernels
 from jaxsoftmax._errors import ArgumentError, DTypeError
-from jaxsoftmax._losses import _denominator, _label_weights, _per_class, _reduce
+from jaxsoftmax._losses import (_ce_row_kernel, _ce_row_losses, _denominator, _label_weights,
+                                _per_class, _reduce)
 
 __all__ = ["linear_cross_entropy", "default_chunk_size"]
 
@@ -136,22 +137,14 @@ def _dweight(z, m, log_s, labels, kept, r, eps, v):
 
 
 def _kernel_chunk(z, lc, w_y, kept, weight, eps, v, total_w, r, m, log_s, mode):
-  """The chunk step through the cross-entropy row kernel: statistics, losses and (when ``r`` is
+  """The chunk step through cross_entropy's row kernel: statistics, losses and (when ``r`` is
   given) d loss / d z, in one read of the chunk's logits when a row fits on chip."""
-  coefs = [jnp.zeros((z.shape[0], 1), z.dtype)] * 3
-  if r is not None:
-    a = (1.0 - eps) * w_y + (eps / v) * total_w
-    coefs = [(r * a)[:, None], (r * (eps / v))[:, None], (r * (1.0 - eps) * w_y)[:, None]]
-  wv = None if weight is None else weight.astype(z.dtype)[None, :]
-  lab = jnp.clip(lc, 0, v - 1).astype(jnp.int32)[:, None]
   stats = () if m is None else (m[:, None], jnp.exp(log_s)[:, None])
-  m2, s2, z_y, swz, dz = _kernels.ce(z, lab, *coefs, wv, *stats, mode=mode, grad=r is not None,
-                                     smooth=eps > 0.0)
-  m, log_s = m2[:, 0], jnp.log(s2[:, 0])
-  losses = w_y * (log_s - (z_y[:, 0] - m))
-  if eps > 0.0:
-    losses = (1.0 - eps) * losses + (eps / v) * (total_w * log_s - swz[:, 0])
-  return jnp.where(kept, losses, 0.0), m, log_s, dz
+  row_g = jnp.zeros_like(w_y) if r is None else r
+  m2, s2, z_y, swz, dz = _ce_row_kernel(z, lc, weight, row_g, w_y, total_w, eps, stats,
+                                        mode=mode, grad=r is not None)
+  losses, _, log_s = _ce_row_losses(m2, s2, z_y, swz, w_y, kept, total_w, eps, v)
+  return losses, m2[:, 0], log_s, dz
 
 
 def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=None, stats=None,

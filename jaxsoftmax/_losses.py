@@ -150,6 +150,28 @@ def _ce_coefficients(row_g, w_y, total_w, eps, num_classes):
   return row_g * a, row_g * (eps / num_classes), row_g * (1.0 - eps) * w_y
 
 
+def _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, stats=(), *, mode, grad,
+                   dx_dtype=None):
+  """The cross-entropy row kernel on ``[rows, classes]`` logits, its per-row coefficients formed
+  from the row cotangents ``row_g``; also the chunk step of linear_cross_entropy."""
+  num_classes = x2.shape[1]
+  coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
+  lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
+  w = None if weight is None else weight.astype(jnp.float32)[None, :]
+  return _kernels.ce(x2, lab, *coefs, w, *stats, mode=mode, grad=grad, smooth=eps > 0.0,
+                     dx_dtype=dx_dtype)
+
+
+def _ce_row_losses(m, s, x_y, swx, w_y, kept, total_w, eps, num_classes):
+  """Per-row losses from the kernel's statistics; also returns ``lsm[y]`` and ``log s``."""
+  log_s = jnp.log(s[:, 0])
+  lsm_y = (x_y[:, 0] - m[:, 0]) - log_s  # (x - m) - log s: no cancellation at large logits
+  losses = -w_y * lsm_y
+  if eps > 0.0:
+    losses = (1.0 - eps) * losses + (eps / num_classes) * (total_w * log_s - swx[:, 0])
+  return jnp.where(kept, losses, 0.0), lsm_y, log_s
+
+
 def _ce_kernel_fwd(x, labels, weight, ignore_index, eps, reduction, mode, *, grad):
   """cross_entropy through the row kernel (class axis last). With ``grad`` (mean and sum only)
   the gradient for a unit cotangent is formed in the same pass over the logits, Liger-style;
@@ -163,21 +185,13 @@ def _ce_kernel_fwd(x, labels, weight, ignore_index, eps, reduction, mode, *, gra
   total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
   scale = 1.0 if reduction != "mean" else 1.0 / denominator
   row_g = jnp.where(kept, scale, 0.0)
-  coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
-  lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
-  w = None if weight is None else weight.astype(ct)[None, :]
   # The unit-cotangent gradient is kept in x's dtype (bfloat16 has float32's range), except for
   # float16: there p / N underflows (1/V/N < 6e-8 at V=32768, N=8192) before a loss-scaling
   # cotangent could bring it back, so it is kept in float32.
   dz_dtype = jnp.float32 if x.dtype == jnp.float16 else x.dtype
-  m, s, x_y, swx, dz = _kernels.ce(x2, lab, *coefs, w, mode=mode, grad=grad, smooth=eps > 0.0,
-                                   dx_dtype=dz_dtype)
-  log_s = jnp.log(s[:, 0])
-  lsm_y = (x_y[:, 0] - m[:, 0]) - log_s
-  losses = -w_y * lsm_y
-  if eps > 0.0:
-    losses = (1.0 - eps) * losses + (eps / num_classes) * (total_w * log_s - swx[:, 0])
-  losses = jnp.where(kept, losses, 0.0)
+  m, s, x_y, swx, dz = _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, mode=mode,
+                                      grad=grad, dx_dtype=dz_dtype)
+  losses, lsm_y, _ = _ce_row_losses(m, s, x_y, swx, w_y, kept, total_w, eps, num_classes)
   out = _reduce(losses.reshape(labels.shape), denominator, reduction).astype(x.dtype)
   keep_x = x2 if (weight is not None and eps > 0.0) or dz is None else None
   return out, (dz, keep_x, m, s, lsm_y, labels, weight, denominator, out)
@@ -196,10 +210,8 @@ def _ce_kernel_bwd(ignore_index, eps, reduction, mode, res, g):
     row_g = jnp.where(kept, _row_cotangent(g32, flat.shape, denominator, reduction), 0.0)
   else:  # none: one cotangent per row, so the gradient is formed now from the saved statistics
     row_g = jnp.where(kept, g32.reshape(-1), 0.0)
-    coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
-    lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
-    w = None if weight is None else weight.astype(ct)[None, :]
-    dx = _kernels.ce(x2, lab, *coefs, w, m, s, mode=mode, grad=True, smooth=eps > 0.0)[4]
+    dx = _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, (m, s), mode=mode,
+                        grad=True)[4]
   dx = dx.reshape(labels.shape + (num_classes,))
   dweight = None
   if weight is not None:
