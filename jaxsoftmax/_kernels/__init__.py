@@ -140,20 +140,7 @@ def softmax_bwd(dy, res, m, s, *, mode, log, negate, temperature, recompute):
 
 def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, mode, grad, smooth,
        dx_dtype=None):
-  """``(m, s, x_y, swx, dx | None)``; ``w``, ``m``/``s`` optional (closed over, not traced args
-  of the platform switch, so their absence is static)."""
-  def run(impl, x, labels, alpha, beta, gamma, *rest):
-    rest = list(rest)
-    wv = rest.pop(0) if w is not None else None
-    mv, sv = (rest[0], rest[1]) if m is not None else (None, None)
-    return impl(x, labels, alpha, beta, gamma, wv, mv, sv, grad=grad, smooth=smooth,
-                dx_dtype=dx_dtype)
-
-  args = [x, labels, alpha, beta, gamma] + ([w] if w is not None else []) + (
-      [m, s] if m is not None else [])
-  g = functools.partial(run, gpu.ce)
-  t = functools.partial(run, tpu.ce)
-  default = functools.partial(run, functools.partial(gpu.ce, interpret=True)
-                              if mode == "pallas" else reference.ce)
-  kernel = lambda *a: lax.platform_dependent(*a, cuda=g, rocm=g, tpu=t, default=default)
-  return _differentiable(kernel, functools.partial(run, reference.ce), *args)
+  """``(m, s, x_y, swx, dx | None)``; ``w`` and ``m``/``s`` are optional (a ``None`` is an empty
+  pytree, so its absence is static in every branch)."""
+  return _dispatch("ce", mode, (x, labels, alpha, beta, gamma, w, m, s), grad=grad, smooth=smooth,
+                   dx_dtype=dx_dtype)
