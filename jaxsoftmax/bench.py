@@ -80,9 +80,13 @@ def _inputs(op: str, shape, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
   return out
 
 
+def _itemsize(dtype: str) -> int:
+  return 2 if dtype == "bfloat16" else 4
+
+
 def minimal_bytes(op: str, shape, dtype: str, mode: str) -> int:
   """Each input read once and each output written once (labels and scalars included)."""
-  b = 2 if dtype == "bfloat16" else 4
+  b = _itemsize(dtype)
   if op == "linear_cross_entropy":
     n, d, v = shape
     params = (n * d + d * v) * b
@@ -445,7 +449,7 @@ def run(config: Config, progress=None) -> dict:
         if op == "cross_entropy" and mode == "fwd+bwd":
           # What a Liger-style kernel that writes the gradient over the logits would hold at
           # its peak: the logits alone. A computed bound to read peak memory against, not a run.
-          row["inplace_bound_mb"] = shape[0] * shape[1] * (2 if dtype == "bfloat16" else 4) / 2**20
+          row["inplace_bound_mb"] = shape[0] * shape[1] * _itemsize(dtype) / 2**20
         rows.append(row)
     if config.rss == "all" or (config.rss == "linear" and op == "linear_cross_entropy"):
       for impl in impls:
@@ -453,8 +457,7 @@ def run(config: Config, progress=None) -> dict:
           continue
         stats = peak_rss(op, impl, shape, dtype, tdevice)
         for row in rows:
-          if (row["op"], row["impl"], tuple(row["shape"]), row["dtype"], row["mode"]) == (
-              op, impl, shape, dtype, "fwd+bwd"):
+          if _row_key(row) == (op, impl, shape, dtype, "fwd+bwd"):
             row.update(stats)
     del calls
     if progress:

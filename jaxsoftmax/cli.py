@@ -91,7 +91,7 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     task = progress.add_task("parity", total=len(jobs))
-    impl = getattr(args, "implementation", "auto")
+    impl = args.implementation
     with contextlib.nullcontext() if impl == "auto" else _kernels.prefer(impl):
       for case, plat in jobs:
         progress.update(task, description=f"{case.op} {case.dtype} {plat}")
@@ -100,7 +100,7 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
   rows = _summarise(results)
   meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "versions": versions, "devices": [str(parity.device_for(p)) for p in platforms],
-          "implementation": getattr(args, "implementation", "auto"),
+          "implementation": args.implementation,
           "tolerances": {k: vars(v) for k, v in parity.TOLERANCES.items()}}
   table = Table(title=f"jaxsoftmax vs torch: {len(results)} cases")
   for col in COLUMNS:
