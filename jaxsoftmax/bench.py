@@ -155,13 +155,16 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
+  from jaxsoftmax._copies import jax_copy  # noqa: PLC0415
+
   make = _jax_fns(op, impl)
   if make is None:
     raise Unavailable(f"{impl} has no {op}")
   data = _inputs(op, shape, dtype)
   jdtype = jnp.dtype(dtype)
-  labels = jnp.asarray(data["labels"]) if "labels" in data else None
-  args = tuple(jnp.asarray(data[k], jdtype) for k in ("x", "w") if k in data)
+  # Copies: the torch provider builds its tensors from the same arrays.
+  labels = jax_copy(data["labels"]) if "labels" in data else None
+  args = tuple(jax_copy(data[k], jdtype) for k in ("x", "w") if k in data)
   f = make
   out0 = jax.eval_shape(f, labels, *args)
   g = jnp.ones(out0.shape, out0.dtype)
@@ -199,8 +202,11 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
 
   data = _inputs(op, shape, dtype)
   tdtype = getattr(torch, dtype)
-  x = torch.from_numpy(data["x"]).to(device, tdtype)
-  labels = torch.from_numpy(data["labels"]).long().to(device) if "labels" in data else None
+  # Copies (np.array), never views of the arrays the JAX providers read. Not via jaxsoftmax._copies:
+  # importing the package would import jax into torch's process (see peak_rss).
+  x = torch.from_numpy(np.array(data["x"], copy=True)).to(device, tdtype)
+  labels = (torch.from_numpy(np.array(data["labels"], np.int64, copy=True)).to(device)
+            if "labels" in data else None)
   if op in ("softmax", "log_softmax"):
     base = (lambda t: getattr(torch, op)(t, -1))
     args = [x]
@@ -210,7 +216,7 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
   else:
     if not hasattr(F, "linear_cross_entropy"):
       raise Unavailable(f"torch {torch.__version__} has no linear_cross_entropy (2.13 added it)")
-    w = torch.from_numpy(np.ascontiguousarray(data["w"].T)).to(device, tdtype)  # (V, D), torch's
+    w = torch.from_numpy(np.array(data["w"].T, copy=True, order="C")).to(device, tdtype)  # (V, D)
     options = torch.nn.LinearCrossEntropyOptions() if impl == "torch-chunked" else None
     base = (lambda t, u: F.linear_cross_entropy(t, u, labels, options=options))
     args = [x, w]

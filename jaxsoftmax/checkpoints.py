@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxsoftmax._copies import jax_copy
+
 __all__ = ["save", "latest", "restore", "CheckpointError"]
 
 _NAME = re.compile(r"^step-(\d{9})\.safetensors$")
@@ -121,7 +123,7 @@ def restore(arrays: dict[str, np.ndarray], model: nnx.Module, optimizer: nnx.Opt
       if value.shape != np.shape(leaf) or value.dtype != np.asarray(leaf).dtype:
         raise CheckpointError(f"{source}: {key} has shape {value.shape} {value.dtype}, the model "
                               f"expects {np.shape(leaf)} {np.asarray(leaf).dtype}")
-      new.append(jax.numpy.asarray(value))
+      new.append(jax_copy(value))  # the caller's arrays stay the caller's
     updates.append((obj, jax.tree_util.tree_unflatten(treedef, new)))
   extra = sorted(set(arrays) - expected)
   if extra:

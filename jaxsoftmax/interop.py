@@ -4,6 +4,9 @@ Layouts: ``nn.Linear.weight`` ``(out, in)`` <-> ``nnx.Linear.kernel`` ``(in, out
 ``nn.Conv2d.weight`` ``(O, I, kH, kW)`` <-> ``nnx.Conv.kernel`` ``(kH, kW, I, O)``; biases as they
 are. The CNN flattens in NCHW order in its forward pass, so ``fc1`` needs no permutation.
 
+Weights are always copied across the boundary, never aliased (:mod:`jaxsoftmax._copies`): after
+:func:`from_torch` or :func:`to_torch`, updating either model in place leaves the other unchanged.
+
 Files are read without running code from them: safetensors holds only tensors, and ``.pt``/``.pth``
 go through ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors.
 """
@@ -14,10 +17,10 @@ import collections
 import pathlib
 from collections.abc import Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsoftmax._copies import jax_copy, numpy_copy, torch_copy
 from jaxsoftmax._errors import ArgumentError
 
 __all__ = ["from_torch", "to_torch", "torch_layout", "load_state_dict"]
@@ -47,10 +50,8 @@ def _expected_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _as_numpy(value, key: str) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
-    value = value.detach().cpu().numpy()
   try:
-    return np.asarray(value)
+    return numpy_copy(value)
   except Exception as e:  # noqa: BLE001 - name the key whatever went wrong
     raise ArgumentError(f"state_dict[{key!r}] is not an array: {type(value).__name__}") from e
 
@@ -75,27 +76,26 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, object]) -> nnx.Modul
                           f"{type(model).__name__} expects {shape} (torch layout).")
   for name, layer in _layers(model).items():
     kernel = _from_torch_layout(layer, arrays[f"{name}.weight"])
-    layer.kernel[...] = jnp.asarray(kernel, layer.kernel[...].dtype)
-    layer.bias[...] = jnp.asarray(arrays[f"{name}.bias"], layer.bias[...].dtype)
+    layer.kernel[...] = jax_copy(kernel, layer.kernel[...].dtype)
+    layer.bias[...] = jax_copy(arrays[f"{name}.bias"], layer.bias[...].dtype)
   return model
 
 
 def torch_layout(model: nnx.Module) -> "collections.OrderedDict[str, np.ndarray]":
-  """The model's weights as NumPy arrays under torch's keys and layouts (no torch needed)."""
+  """The model's weights as NumPy arrays under torch's keys and layouts (no torch needed); fresh
+  copies, writable, sharing no memory with the model."""
   state = collections.OrderedDict()
   for name, layer in _layers(model).items():
-    state[f"{name}.weight"] = np.ascontiguousarray(
-        _to_torch_layout(layer, np.asarray(layer.kernel[...])))
-    state[f"{name}.bias"] = np.array(layer.bias[...])
+    state[f"{name}.weight"] = numpy_copy(_to_torch_layout(layer, np.asarray(layer.kernel[...])))
+    state[f"{name}.bias"] = numpy_copy(layer.bias[...])
   return state
 
 
 def to_torch(model: nnx.Module) -> "collections.OrderedDict[str, object]":
-  """The model's weights as a torch ``state_dict`` that ``load_state_dict(strict=True)`` accepts."""
-  import torch  # noqa: PLC0415 - only this direction needs torch
-
+  """The model's weights as a torch ``state_dict`` that ``load_state_dict(strict=True)`` accepts;
+  the tensors share no memory with the model."""
   return collections.OrderedDict(
-      (key, torch.from_numpy(value)) for key, value in torch_layout(model).items())
+      (key, torch_copy(value)) for key, value in torch_layout(model).items())
 
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file  # noqa: PLC0415
 
     try:
-      return dict(load_file(path))
+      return {key: numpy_copy(value) for key, value in load_file(path).items()}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
       raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
   if suffix not in (".pt", ".pth"):
@@ -133,4 +133,4 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
   if not isinstance(loaded, Mapping) or not all(hasattr(v, "detach") for v in loaded.values()):
     raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors); got "
                      f"{type(loaded).__name__}")
-  return {key: value.detach().cpu().numpy() for key, value in loaded.items()}
+  return {key: numpy_copy(value) for key, value in loaded.items()}

@@ -84,7 +84,7 @@ class _WeightedLoss(nnx.Module):
   def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
     # Resolved once here, as torch's _Loss does, so the legacy warning fires at construction.
     self.reduction = F._legacy_reduction(size_average, reduce, reduction, stacklevel=5)
-    self.weight = None if weight is None else Buffer(jnp.asarray(weight))
+    self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
 
   def _weight(self):
     return None if self.weight is None else self.weight[...]
@@ -148,7 +148,7 @@ class LinearCrossEntropyLoss(nnx.Module):
                              param_dtype=dtype, rngs=rngs)
     self.reduction, self.ignore_index = reduction, ignore_index
     self.label_smoothing, self.options = label_smoothing, options
-    self.weight = None if weight is None else Buffer(jnp.asarray(weight))
+    self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
 
   def __call__(self, input, target) -> jax.Array:
     kernel = self.linear.kernel[...]

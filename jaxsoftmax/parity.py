@@ -32,6 +32,7 @@ from flax import nnx
 import jaxsoftmax
 from jaxsoftmax import functional as F
 from jaxsoftmax import nn as jnn
+from jaxsoftmax._copies import jax_copy, torch_copy
 
 __all__ = [
     "TOLERANCES", "DTYPES", "Tolerance", "Comparison", "Case", "CaseResult", "OPS",
@@ -645,15 +646,16 @@ def _cotangent(case: Case, shape) -> np.ndarray:
 
 
 def _to_torch(value: np.ndarray, device: str, dtype: str):
+  """A copy on torch's side: an in-place torch op can never reach the JAX side's inputs."""
   torch = _torch()
   if value.dtype == np.bool_:
-    return torch.from_numpy(value).to(device)
+    return torch_copy(value, device=device)
   if np.issubdtype(value.dtype, np.integer):
-    return torch.from_numpy(value.astype(np.int64)).to(device)
+    return torch_copy(value, torch.int64, device)
   if dtype == "float32":
     # Exact for half-precision values; for float64 values with x64 off it is the rounding JAX does.
     value = np.asarray(value, np.float32)
-  return torch.from_numpy(np.asarray(value, np.float64)).to(device, getattr(torch, dtype))
+  return torch_copy(np.asarray(value, np.float64), getattr(torch, dtype), device)
 
 
 @contextlib.contextmanager
@@ -676,7 +678,7 @@ def run_case(case: Case, platform: str = "cpu") -> CaseResult:
     _torch().backends.cudnn.allow_tf32 = False
     with _x64(case.dtype), jax.default_matmul_precision("highest"):
       device = device_for(platform)
-      arrays = {k: jax.device_put(v, device) for k, v in inputs.items()}
+      arrays = {k: jax_copy(v, device=device) for k, v in inputs.items()}
 
       def fn(*diff_values):
         return op.jax_fn({**arrays, **dict(zip(diff, diff_values))}, case.p)

@@ -21,6 +21,7 @@ from flax import nnx
 
 import jaxsoftmax
 from jaxsoftmax import calibration, checkpoints, datasets, interop, models
+from jaxsoftmax._copies import torch_copy
 
 __all__ = ["loss_fn", "train_step", "fit", "TASKS"]
 
@@ -240,9 +241,10 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
 def _torch_step(model, optimizer, xb, yb) -> float:
   import torch  # noqa: PLC0415
 
-  x = torch.from_numpy(np.ascontiguousarray(xb.transpose(0, 3, 1, 2) if xb.ndim == 4 else xb))
+  # The batch is copied for torch: the JAX step may still be reading xb/yb (async dispatch).
+  x = torch_copy(xb.transpose(0, 3, 1, 2) if xb.ndim == 4 else xb)
   optimizer.zero_grad()
-  loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(yb.astype(np.int64)))
+  loss = torch.nn.functional.cross_entropy(model(x), torch_copy(yb, torch.int64))
   loss.backward()
   optimizer.step()
   return loss.item()

@@ -139,25 +139,133 @@ def test_truncated_and_unsupported_files_name_the_file(tmp_path):
     interop.load_state_dict(tmp_path / "absent.pt")
 
 
-def test_twenty_adam_steps_match_torch():
-  """Same initial weights, same batches: the loss curves agree within 1e-5."""
+def _snapshot(model) -> list[np.ndarray]:
+  return [np.array(leaf, copy=True) for leaf in jax.tree.leaves(nnx.state(model))]
+
+
+def _assert_bitwise_unchanged(model, before):
+  after = jax.tree.leaves(nnx.state(model))
+  assert len(after) == len(before)
+  for a, b in zip(after, before):
+    np.testing.assert_array_equal(np.asarray(a), b, strict=True)
+
+
+def _batch(shape, seed):
+  """A batch for either tutorial model in torch's layout, with learnable labels."""
+  rng = np.random.default_rng(seed)
+  if len(shape) == 4:  # MNIST-like pixels in [0, 1]; the label is the brightest row band
+    x = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+    y = x[:, :20, :, 0].reshape(len(x), 10, -1).mean(-1).argmax(-1).astype(np.int64)
+    return x, y
+  x = rng.standard_normal(shape).astype(np.float32)
+  return x, (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+
+def _torch_x(x):  # torch's NCHW for the digits model, (N, features) for income
+  return torch.tensor(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x)
+
+
+def _torch_adam_steps(model, shape, steps=3):
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+  for i in range(steps):
+    x, y = _batch(shape, seed=i)
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(_torch_x(x)), torch.tensor(y)).backward()
+    optimizer.step()
+
+
+# Every in-place way a torch model's weights change; none may reach the JAX model (issue 12).
+TORCH_UPDATES = {
+    "adam-steps": lambda t, shape: _torch_adam_steps(t, shape),
+    "add_": lambda t, shape: [p.add_(1.0) for p in t.parameters()],
+    "copy_": lambda t, shape: [p.copy_(torch.full_like(p, 7.0)) for p in t.parameters()],
+    "load_state_dict": lambda t, shape: t.load_state_dict(
+        {k: torch.zeros_like(v) for k, v in t.state_dict().items()}),
+}
+
+
+@pytest.mark.parametrize("update", sorted(TORCH_UPDATES))
+@pytest.mark.parametrize("flax_cls, torch_cls, shape", PAIRS, ids=["income", "digits"])
+def test_from_torch_copies_so_torch_updates_never_reach_the_jax_model(flax_cls, torch_cls, shape,
+                                                                      update):
   torch.manual_seed(0)
-  theirs = torch_models.IncomeClassifier()
-  ours = interop.from_torch(models.IncomeClassifier(rngs=nnx.Rngs(0)), theirs.state_dict())
-  rng = np.random.default_rng(0)
-  xs = [rng.standard_normal((64, 13)).astype(np.float32) for _ in range(20)]
-  batches = [(x, (x[:, 0] + x[:, 1] > 0).astype(np.int64)) for x in xs]  # learnable labels
+  theirs = torch_cls()
+  ours = interop.from_torch(flax_cls(rngs=nnx.Rngs(0)), theirs.state_dict())
+  before = _snapshot(ours)
+  with torch.no_grad() if update != "adam-steps" else torch.enable_grad():
+    TORCH_UPDATES[update](theirs, shape)
+  _assert_bitwise_unchanged(ours, before)
+
+
+def test_from_torch_copies_numpy_state_dicts_too():
+  state = {k: v.numpy().copy() for k, v in torch_models.IncomeClassifier().state_dict().items()}
+  ours = interop.from_torch(models.IncomeClassifier(rngs=nnx.Rngs(0)), state)
+  before = _snapshot(ours)
+  for value in state.values():
+    value += 1.0
+  _assert_bitwise_unchanged(ours, before)
+
+
+@pytest.mark.parametrize("flax_cls, torch_cls, shape", PAIRS, ids=["income", "digits"])
+def test_to_torch_copies_in_both_directions(flax_cls, torch_cls, shape):
+  ours = flax_cls(rngs=nnx.Rngs(0))
+  before = _snapshot(ours)
+  state = interop.to_torch(ours)
+  saved = {k: v.clone() for k, v in state.items()}
+  twin = torch_cls()
+  twin.load_state_dict(state, strict=True)
+  _torch_adam_steps(twin, shape)  # training the twin ...
+  with torch.no_grad():
+    for tensor in state.values():  # ... and writing into to_torch's own tensors
+      tensor.add_(1.0)
+  _assert_bitwise_unchanged(ours, before)  # leave the JAX model as it was
+  for array in interop.torch_layout(ours).values():  # NumPy copies: writable, not views
+    assert array.flags.writeable
+    array += 1.0
+  _assert_bitwise_unchanged(ours, before)
+  state = interop.to_torch(ours)
+  saved = {k: v.clone() for k, v in state.items()}
+  with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 counts
+    optimizer = nnx.Optimizer(ours, optax.adam(1e-2), wrt=nnx.Param)
+    x, y = _batch(shape, seed=0)
+    train_step(ours, optimizer, jnp.asarray(x), jnp.asarray(y))  # updating the JAX model
+  moved = [not np.array_equal(np.asarray(a), b)
+           for a, b in zip(jax.tree.leaves(nnx.state(ours)), before)]
+  assert any(moved)  # the JAX step did change the model ...
+  for key, tensor in state.items():  # ... and left the torch tensors as they were
+    torch.testing.assert_close(tensor, saved[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flax_cls, torch_cls, shape", PAIRS, ids=["income", "digits"])
+@pytest.mark.parametrize("order", ["jax-first", "interleaved"])
+def test_twenty_adam_steps_match_torch(flax_cls, torch_cls, shape, order):
+  """Same initial weights, same batches: the loss curves agree within 1e-5, whether all JAX steps
+  run before the torch ones or the two alternate step by step (which shared memory would break)."""
+  torch.manual_seed(0)
+  theirs = torch_cls()
+  ours = interop.from_torch(flax_cls(rngs=nnx.Rngs(0)), theirs.state_dict())
+  batches = [_batch(shape, seed=i) for i in range(20)]
   torch_opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
   with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 counts
     optimizer = nnx.Optimizer(ours, optax.adam(1e-3), wrt=nnx.Param)
-    ours_losses = [float(train_step(ours, optimizer, jnp.asarray(x), jnp.asarray(y))[0])
-                   for x, y in batches]
-  their_losses = []
-  for x, y in batches:
+
+  def jax_step(x, y):
+    with jax.numpy_dtype_promotion("standard"):
+      return float(train_step(ours, optimizer, jnp.asarray(x), jnp.asarray(y))[0])
+
+  def torch_step(x, y):
     torch_opt.zero_grad()
-    loss = torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)), torch.from_numpy(y))
+    loss = torch.nn.functional.cross_entropy(theirs(_torch_x(x)), torch.tensor(y))
     loss.backward()
     torch_opt.step()
-    their_losses.append(loss.item())
+    return loss.item()
+
+  if order == "jax-first":
+    ours_losses = [jax_step(x, y) for x, y in batches]
+    their_losses = [torch_step(x, y) for x, y in batches]
+  else:
+    # torch steps first: an alias would carry its in-place update into the JAX step that follows
+    pairs = [(torch_step(x, y), jax_step(x, y)) for x, y in batches]
+    their_losses, ours_losses = map(list, zip(*pairs))
   np.testing.assert_allclose(ours_losses, their_losses, atol=1e-5, rtol=0)
   assert their_losses[-1] < their_losses[0]
