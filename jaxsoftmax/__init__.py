@@ -5,14 +5,14 @@ mirrors ``torch.nn.functional``; ``jaxsoftmax.nn`` mirrors ``torch.nn`` as Flax 
 ``jaxsoftmax.parity`` compares any of them with torch.
 """
 
-from jaxsoftmax._errors import ArgumentError as ArgumentError
-from jaxsoftmax._errors import DTypeError as DTypeError
-from jaxsoftmax._linear import linear_cross_entropy as linear_cross_entropy
-from jaxsoftmax._losses import cross_entropy as cross_entropy
-from jaxsoftmax._losses import nll_loss as nll_loss
-from jaxsoftmax._softmax import log_softmax as log_softmax
-from jaxsoftmax._softmax import softmax as softmax
-from jaxsoftmax._softmax import softmin as softmin
+from jaxsoftmax._src.errors import ArgumentError as ArgumentError
+from jaxsoftmax._src.errors import DTypeError as DTypeError
+from jaxsoftmax._src.linear import linear_cross_entropy as linear_cross_entropy
+from jaxsoftmax._src.losses import cross_entropy as cross_entropy
+from jaxsoftmax._src.losses import nll_loss as nll_loss
+from jaxsoftmax._src.family import log_softmax as log_softmax
+from jaxsoftmax._src.family import softmax as softmax
+from jaxsoftmax._src.family import softmin as softmin
 
 __version__ = "0.1.0"
 

@@ -155,7 +155,7 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
-  from jaxsoftmax._copies import jax_copy  # noqa: PLC0415
+  from jaxsoftmax._src.copies import jax_copy  # noqa: PLC0415
 
   make = _jax_fns(op, impl)
   if make is None:
@@ -202,7 +202,7 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
 
   data = _inputs(op, shape, dtype)
   tdtype = getattr(torch, dtype)
-  # Copies (np.array), never views of the arrays the JAX providers read. Not via jaxsoftmax._copies:
+  # Copies (np.array), never views of the arrays the JAX providers read. Not via jaxsoftmax._src.copies:
   # importing the package would import jax into torch's process (see peak_rss).
   x = torch.from_numpy(np.array(data["x"], copy=True)).to(device, tdtype)
   labels = (torch.from_numpy(np.array(data["labels"], np.int64, copy=True)).to(device)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxsoftmax._copies import jax_copy
+from jaxsoftmax._src.copies import jax_copy
 
 __all__ = ["save", "latest", "restore", "CheckpointError"]
 

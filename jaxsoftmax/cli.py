@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jaxsoftmax import _kernels, parity
+from jaxsoftmax import parity
+from jaxsoftmax._src import kernels
 
 COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
            "grad max rel", "result")
@@ -92,7 +93,7 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     task = progress.add_task("parity", total=len(jobs))
     impl = args.implementation
-    with contextlib.nullcontext() if impl == "auto" else _kernels.prefer(impl):
+    with contextlib.nullcontext() if impl == "auto" else kernels.prefer(impl):
       for case, plat in jobs:
         progress.update(task, description=f"{case.op} {case.dtype} {plat}")
         results.append(parity.run_case(case, plat))

@@ -19,11 +19,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax import _checks
-from jaxsoftmax import _linear
-from jaxsoftmax import _losses
-from jaxsoftmax import _softmax
-from jaxsoftmax._errors import ArgumentError, DTypeError
+from jaxsoftmax._src import checks, family, linear, losses
+from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax",
            "linear_cross_entropy", "LinearCrossEntropyOptions"]
@@ -73,19 +70,19 @@ def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> 
     Array([[0.09  , 0.2447, 0.6652]], dtype=float32)
   """
   x, dim = _family_input(input, dim, dtype, "softmax", _stacklevel)
-  return _softmax.softmax(x, dim)
+  return family.softmax(x, dim)
 
 
 def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
   """``torch.nn.functional.log_softmax``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "log_softmax", _stacklevel)
-  return _softmax.log_softmax(x, dim)
+  return family.log_softmax(x, dim)
 
 
 def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
   """``torch.nn.functional.softmin``: ``softmax(-input)``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "softmin", _stacklevel)
-  return _softmax.softmin(x, dim)
+  return family.softmin(x, dim)
 
 
 def _legacy_reduction(size_average, reduce, reduction, stacklevel=4) -> str:
@@ -131,7 +128,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
   """
   op = "cross_entropy"
   reduction = _legacy_reduction(size_average, reduce, reduction)
-  x = _checks.as_float_array(input, "input", op)
+  x = checks.as_float_array(input, "input", op)
   target = jnp.asarray(target)
   axis = _class_dim(x, op)
   if target.shape == x.shape:  # torch's rule: same shape means class probabilities
@@ -152,7 +149,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
           f"{target.shape})."
       )
     _check_batch(x, target, op)
-  return _losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
+  return losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction)
 
 
@@ -161,13 +158,13 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
   """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input)."""
   op = "nll_loss"
   reduction = _legacy_reduction(size_average, reduce, reduction)
-  x = _checks.as_float_array(input, "input", op)
+  x = checks.as_float_array(input, "input", op)
   target = jnp.asarray(target)
   axis = _class_dim(x, op)
   if not jnp.issubdtype(target.dtype, jnp.integer):
     raise DTypeError(f"{op}: target must hold integer class indices; got {target.dtype}.")
   _check_batch(x, target, op)
-  return _losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
+  return losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                           reduction=reduction)
 
 
@@ -204,8 +201,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   ``ignore_index=None`` means -100 for class indices, as in torch.
   """
   op = "linear_cross_entropy"
-  x = _checks.as_float_array(input, "input", op)
-  w = _checks.as_float_array(linear_weight, "linear_weight", op)
+  x = checks.as_float_array(input, "input", op)
+  w = checks.as_float_array(linear_weight, "linear_weight", op)
   target = jnp.asarray(target)
   if x.ndim not in (1, 2):
     raise ArgumentError(f"{op}: input must be (in_features) or (N, in_features); got shape "
@@ -219,7 +216,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   chunk = getattr(options, "batch_chunk_size", None)  # None: no options, or torch's auto
   indices = jnp.issubdtype(target.dtype, jnp.integer)
   if indices and w.ndim == 2 and target.shape == x.shape[:-1]:
-    return _linear._validated_call(
+    return linear._validated_call(
         op, ("input", "linear_weight", "target", "linear_bias"), x, w, target, linear_bias, weight,
         -100 if ignore_index is None else ignore_index, label_smoothing, reduction, chunk, vd=True)
   # The reference path: form the logits (N, C, d1, ..., dK), then cross_entropy over dim 1.
@@ -230,12 +227,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     raise DTypeError(f"{op}: input and linear_weight must have the same dtype; got input "
                      f"{x.dtype} and linear_weight {w.dtype}.")
   # Half inputs: float32 logits (float32 accumulation), the loss rounded once at the end.
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   out_shape = w.shape[:-1]
   logits = jax.lax.dot_general(x, w.reshape(math.prod(out_shape), w.shape[-1]),
                                (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=ct)
   if linear_bias is not None:
-    b = _checks.as_float_array(linear_bias, "linear_bias", op)
+    b = checks.as_float_array(linear_bias, "linear_bias", op)
     if b.shape != out_shape and b.shape != (math.prod(out_shape),):
       raise ArgumentError(f"{op}: linear_bias must have shape {out_shape}; got {b.shape}.")
     logits = logits + b.astype(ct).reshape((1,) * (logits.ndim - 1) + (-1,))
@@ -250,12 +247,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
 
 def _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim):
   """The deterministic part of :func:`gumbel_softmax`, given standard Gumbel noise."""
-  ct = _checks.compute_dtype(logits.dtype)  # add the noise in float32 too: round only once
-  y_soft = _softmax.softmax(logits.astype(ct) + gumbels.astype(ct), dim, temperature=tau)
+  ct = checks.compute_dtype(logits.dtype)  # add the noise in float32 too: round only once
+  y_soft = family.softmax(logits.astype(ct) + gumbels.astype(ct), dim, temperature=tau)
   y_soft = y_soft.astype(logits.dtype)
   if not hard:
     return y_soft
-  axis = _checks.normalize_axis(dim, y_soft.ndim, "dim")
+  axis = checks.normalize_axis(dim, y_soft.ndim, "dim")
   index = jnp.argmax(y_soft, axis=axis, keepdims=True)  # first maximum, as torch
   y_hard = (jax.lax.broadcasted_iota(index.dtype, y_soft.shape, axis) == index).astype(y_soft.dtype)
   # Straight-through estimator: the value of y_hard, the gradient of y_soft.
@@ -278,6 +275,6 @@ def gumbel_softmax(logits, tau: float = 1, hard: bool = False, eps: float = 1e-1
   """
   if eps != 1e-10:
     warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
-  logits = _checks.as_float_array(logits, "logits", "gumbel_softmax")
-  gumbels = jax.random.gumbel(key, logits.shape, _checks.compute_dtype(logits.dtype))
+  logits = checks.as_float_array(logits, "logits", "gumbel_softmax")
+  gumbels = jax.random.gumbel(key, logits.shape, checks.compute_dtype(logits.dtype))
   return _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim)

@@ -4,7 +4,7 @@ Layouts: ``nn.Linear.weight`` ``(out, in)`` <-> ``nnx.Linear.kernel`` ``(in, out
 ``nn.Conv2d.weight`` ``(O, I, kH, kW)`` <-> ``nnx.Conv.kernel`` ``(kH, kW, I, O)``; biases as they
 are. The CNN flattens in NCHW order in its forward pass, so ``fc1`` needs no permutation.
 
-Weights are always copied across the boundary, never aliased (:mod:`jaxsoftmax._copies`): after
+Weights are always copied across the boundary, never aliased (:mod:`jaxsoftmax._src.copies`): after
 :func:`from_torch` or :func:`to_torch`, updating either model in place leaves the other unchanged.
 
 Files are read without running code from them: safetensors holds only tensors, and ``.pt``/``.pth``
@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
-from jaxsoftmax._copies import jax_copy, numpy_copy, torch_copy
-from jaxsoftmax._errors import ArgumentError
+from jaxsoftmax._src.copies import jax_copy, numpy_copy, torch_copy
+from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["from_torch", "to_torch", "torch_layout", "load_state_dict"]
 

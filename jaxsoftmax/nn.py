@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsoftmax import _linear
+from jaxsoftmax._src import linear
 from jaxsoftmax import functional as F
 
 __all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss",
@@ -159,7 +159,7 @@ class LinearCrossEntropyLoss(nnx.Module):
       # The core takes the (D, V) kernel as it is: no transposed copy.
       x = jnp.asarray(input)
       chunk = getattr(self.options, "batch_chunk_size", None)
-      return _linear._validated_call(
+      return linear._validated_call(
           "LinearCrossEntropyLoss", ("input", "linear.kernel", "target", "linear.bias"), x,
           kernel, target, bias, weight, -100 if self.ignore_index is None else self.ignore_index,
           self.label_smoothing, self.reduction, chunk, vd=False)

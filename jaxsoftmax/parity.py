@@ -32,7 +32,7 @@ from flax import nnx
 import jaxsoftmax
 from jaxsoftmax import functional as F
 from jaxsoftmax import nn as jnn
-from jaxsoftmax._copies import jax_copy, torch_copy
+from jaxsoftmax._src.copies import jax_copy, torch_copy
 
 __all__ = [
     "TOLERANCES", "DTYPES", "Tolerance", "Comparison", "Case", "CaseResult", "OPS",

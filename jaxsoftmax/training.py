@@ -21,7 +21,7 @@ from flax import nnx
 
 import jaxsoftmax
 from jaxsoftmax import calibration, checkpoints, datasets, interop, models
-from jaxsoftmax._copies import torch_copy
+from jaxsoftmax._src.copies import torch_copy
 
 __all__ = ["loss_fn", "train_step", "fit", "TASKS"]
 

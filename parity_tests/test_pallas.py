@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 import jaxsoftmax
-from jaxsoftmax import _kernels, parity
-from jaxsoftmax._kernels import gpu, reference, tpu
+from jaxsoftmax import parity
+from jaxsoftmax._src import kernels
+from jaxsoftmax._src.kernels import gpu, reference, tpu
 
 def _kernel(module, interpret):
   return lambda name, **kw: functools.partial(getattr(module, name), interpret=interpret, **kw)
@@ -156,20 +157,20 @@ def kernel_calls(monkeypatch):
   """Counts calls into the kernels, so a case that silently took XLA cannot pass as a kernel test."""
   calls = []
   for name in ("softmax_fwd", "softmax_bwd", "ce"):
-    original = getattr(_kernels, name)
+    original = getattr(kernels, name)
 
     def counted(*args, _original=original, _name=name, **kw):
       calls.append(_name)
       return _original(*args, **kw)
 
-    monkeypatch.setattr(_kernels, name, counted)
+    monkeypatch.setattr(kernels, name, counted)
   return calls
 
 
 @pytest.mark.parametrize("case", _kernel_cases(), ids=lambda c: c.id)
 def test_kernels_agree_with_torch(case, kernel_calls):
   jax.clear_caches()  # the grid's XLA runs must not answer from the jit cache
-  with _kernels.prefer("pallas"):
+  with kernels.prefer("pallas"):
     result = parity.run_case(case, "cpu")
   assert result.ok, result.report()
   assert kernel_calls, f"{case.id} never reached a kernel"
@@ -283,11 +284,11 @@ def test_float64_is_refused_by_name():
 
 def test_prefer_falls_back_where_the_kernels_do_not_apply():
   x = jnp.ones((3, 4))
-  with _kernels.prefer("pallas"):
+  with kernels.prefer("pallas"):
     assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
     assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, axis=0), x)
   with pytest.raises(ValueError, match="got 'fast'"):
-    with _kernels.prefer("fast"):
+    with kernels.prefer("fast"):
       pass
 
 
@@ -373,7 +374,7 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   jax.clear_caches()
   long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
-  many = jax.ShapeDtypeStruct((_kernels.AUTO_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
+  many = jax.ShapeDtypeStruct((kernels.AUTO_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
                               jnp.float32)
   assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, long)
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, many)
@@ -383,9 +384,9 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
 
 
 def test_linear_chunks_are_larger_on_accelerators():
-  from jaxsoftmax._linear import default_chunk_size
+  from jaxsoftmax._src.linear import default_chunk_size
   assert default_chunk_size(8192, 32768, accelerator=False) == 256  # 32 MiB, measured on CPU
-  assert default_chunk_size(8192, 131072, accelerator=True) == _kernels.AUTO_MIN_ROWS_TWO_PASS
+  assert default_chunk_size(8192, 131072, accelerator=True) == kernels.AUTO_MIN_ROWS_TWO_PASS
   assert default_chunk_size(100, 131072, accelerator=True) == 100
 
 

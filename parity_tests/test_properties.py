@@ -9,9 +9,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jax
-from jaxsoftmax import _kernels, parity
+from jaxsoftmax import parity
+from jaxsoftmax._src import kernels
 from jaxsoftmax import functional as F
-from jaxsoftmax._kernels import gpu
+from jaxsoftmax._src.kernels import gpu
 
 FLOATS = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64)}
 
@@ -149,7 +150,7 @@ def test_pallas_kernels(data, op, two_pass, smoothing, reduction, seed):
   gpu.ONE_PASS_MAX = 2 if two_pass else limit  # two-pass over 2-column blocks
   jax.clear_caches()
   try:
-    with _kernels.prefer("pallas"):
+    with kernels.prefer("pallas"):
       _grad_pair(jax_fn, torch_fn, x, "float32")
   finally:
     gpu.ONE_PASS_MAX = limit

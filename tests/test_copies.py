@@ -11,7 +11,7 @@ from flax import nnx
 from safetensors.torch import save_file
 
 from jaxsoftmax import checkpoints, interop, models, nn, torch_models
-from jaxsoftmax._copies import jax_copy, numpy_copy, torch_copy
+from jaxsoftmax._src.copies import jax_copy, numpy_copy, torch_copy
 
 SOURCES = {
     "torch": lambda: torch.arange(64, dtype=torch.float32),

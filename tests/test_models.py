@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 from jaxsoftmax import interop, models, torch_models
-from jaxsoftmax._errors import ArgumentError
+from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax.training import train_step
 
 PAIRS = [(models.IncomeClassifier, torch_models.IncomeClassifier, (8, 13)),

@@ -21,7 +21,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxsoftmax._kernels.reference import F32, scaled
+from jaxsoftmax._src.kernels.reference import F32, scaled
 
 # Columns held in registers at once. Liger-Kernel fuses rows up to 65536 columns with 32 warps
 # (1024 threads, 64 float32 values each at the limit); beyond that a row no longer fits an SM's

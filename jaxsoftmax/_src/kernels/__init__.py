@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax._kernels import gpu, reference, tpu
+from jaxsoftmax._src.kernels import gpu, reference, tpu
 
 __all__ = ["IMPLEMENTATIONS", "choose", "prefer", "softmax_fwd", "softmax_bwd", "ce"]
 
@@ -101,7 +101,7 @@ def _differentiable(kernel, ref, *args):
   First derivatives of the public ops never differentiate a kernel (they run inside the ops'
   ``custom_vjp`` rules); second derivatives (``jax.hessian``, grad of grad) differentiate those
   rules themselves, and a ``pallas_call`` has no transpose. The kernels' own VJP is therefore the
-  autodiff of :mod:`jaxsoftmax._kernels.reference`, which computes the same values.
+  autodiff of :mod:`jaxsoftmax._src.kernels.reference`, which computes the same values.
   """
   @jax.custom_vjp
   def op(*a):
@@ -129,7 +129,7 @@ def _dispatch(name, mode, args, **kw):
 
 
 def softmax_fwd(x, *, mode, log, negate, temperature):
-  """``(y, m, s)`` for 2-d ``x``; see :mod:`jaxsoftmax._kernels.reference`."""
+  """``(y, m, s)`` for 2-d ``x``; see :mod:`jaxsoftmax._src.kernels.reference`."""
   return _dispatch("softmax_fwd", mode, (x,), log=log, negate=negate, temperature=temperature)
 
 

@@ -19,7 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxsoftmax._kernels.reference import F32, scaled
+from jaxsoftmax._src.kernels.reference import F32, scaled
 
 VMEM_BUDGET = 8 * 2**20  # bytes per grid step, in and out double-buffered plus f32 temporaries
 BLOCK_N = 8192  # lanes per column block of the two-pass kernels (a multiple of 128)

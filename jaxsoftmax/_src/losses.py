@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax import _checks, _kernels
-from jaxsoftmax._errors import ArgumentError, DTypeError
+from jaxsoftmax._src import checks, kernels
+from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss"]
 
@@ -158,7 +158,7 @@ def _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, stats=(), *, mode
   coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
   lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
   w = None if weight is None else weight.astype(jnp.float32)[None, :]
-  return _kernels.ce(x2, lab, *coefs, w, *stats, mode=mode, grad=grad, smooth=eps > 0.0,
+  return kernels.ce(x2, lab, *coefs, w, *stats, mode=mode, grad=grad, smooth=eps > 0.0,
                      dx_dtype=dx_dtype)
 
 
@@ -230,7 +230,7 @@ def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduc
   if mode != "xla":
     return _ce_kernel_fwd(x, labels, weight, ignore_index, label_smoothing, reduction, mode,
                           grad=reduction != "none")
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
@@ -312,7 +312,7 @@ def _smoothed(targets, label_smoothing, num_classes, ct):
 
 
 def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
@@ -329,7 +329,7 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
 
 def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
   x, targets, weight, m, total = res
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   rows = x.size // num_classes if num_classes else 0
@@ -362,7 +362,7 @@ def _nll(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
 
 
 def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
-  ct = _checks.compute_dtype(log_probs.dtype)
+  ct = checks.compute_dtype(log_probs.dtype)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   picked = _gather(log_probs, labels, num_classes, axis).astype(ct)
   losses = jnp.where(kept, -w_y * picked, 0.0)
@@ -375,7 +375,7 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   labels, weight, picked, denominator, out = res
   dtype = g.dtype  # the loss has the log_probs' dtype
   shape = labels.shape[:axis] + (num_classes,) + labels.shape[axis:]
-  ct = _checks.compute_dtype(dtype)
+  ct = checks.compute_dtype(dtype)
   w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
   dlog_probs = _scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
@@ -428,7 +428,7 @@ def _check_labels(logits, labels, axis, op):
 def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothing, reduction,
                    indices, checked=False, mode="xla"):
   if checked:
-    _checks.check_labels_traced(labels, logits.shape[axis], ignore_index, "cross_entropy")
+    checks.check_labels_traced(labels, logits.shape[axis], ignore_index, "cross_entropy")
   if indices:
     return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction, mode)
   return _ce_probs(logits, labels, weight, axis, label_smoothing, reduction)
@@ -437,20 +437,20 @@ def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothin
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked"))
 def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, checked=False):
   if checked:
-    _checks.check_labels_traced(labels, log_probs.shape[axis], ignore_index, "nll_loss")
+    checks.check_labels_traced(labels, log_probs.shape[axis], ignore_index, "nll_loss")
   return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
 
 
 def _prepare_loss(x, labels, axis, weight, reduction, op, name):
-  x = _checks.as_float_array(x, name, op)
+  x = checks.as_float_array(x, name, op)
   if x.ndim == 0:
     raise ArgumentError(f"{op}: {name} must have a class axis; got a 0-d array.")
-  axis = _checks.normalize_axis(axis, x.ndim)
+  axis = checks.normalize_axis(axis, x.ndim)
   if x.shape[axis] == 0:  # torch: IndexError, since no target can be in range
     raise IndexError(f"{op}: {name} of shape {x.shape} has no classes (size 0 along axis {axis}).")
   labels, indices = _check_labels(x, labels, axis, op)
-  weight = _checks.check_weight(weight, x.shape[axis], op)
-  reduction = _checks.check_reduction(reduction)
+  weight = checks.check_weight(weight, x.shape[axis], op)
+  reduction = checks.check_reduction(reduction)
   return x, labels, indices, axis, weight, reduction
 
 
@@ -505,22 +505,22 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   op = "cross_entropy"
   logits, labels, indices, axis, weight, reduction = _prepare_loss(
       logits, labels, axis, weight, reduction, op, "logits")
-  ignore_index = _checks.check_ignore_index(ignore_index)
-  label_smoothing = _checks.check_label_smoothing(label_smoothing)
+  ignore_index = checks.check_ignore_index(ignore_index)
+  label_smoothing = checks.check_label_smoothing(label_smoothing)
   if indices:
-    _checks.check_labels_in_range(labels, logits.shape[axis], ignore_index, op)
+    checks.check_labels_in_range(labels, logits.shape[axis], ignore_index, op)
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
-  _kernels.check(implementation, op)
-  reason = _kernels.unsupported(logits.dtype, last_axis=axis == logits.ndim - 1,
+  kernels.check(implementation, op)
+  reason = kernels.unsupported(logits.dtype, last_axis=axis == logits.ndim - 1,
                                 empty=logits.size == 0)
   if reason is None and not indices:
     reason = "takes integer labels only (probability targets use 'xla')"
   return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
                         label_smoothing=label_smoothing, reduction=reduction, indices=indices,
-                        checked=bool(checked) and indices and not _checks.is_concrete(labels),
-                        mode=_kernels.choose(implementation, op, reason,
+                        checked=bool(checked) and indices and not checks.is_concrete(labels),
+                        mode=kernels.choose(implementation, op, reason,
                                              rows=labels.size, n=logits.shape[axis]))
 
 
@@ -558,8 +558,8 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
       log_probs, labels, axis, weight, reduction, op, "log_probs")
   if not indices:
     raise DTypeError(f"{op}: labels must be integer class indices; got dtype {labels.dtype}.")
-  ignore_index = _checks.check_ignore_index(ignore_index)
-  _checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
+  ignore_index = checks.check_ignore_index(ignore_index)
+  checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
   return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
                    reduction=reduction,
-                   checked=bool(checked) and not _checks.is_concrete(labels))
+                   checked=bool(checked) and not checks.is_concrete(labels))

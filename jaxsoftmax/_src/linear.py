@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax import _checks, _kernels
-from jaxsoftmax._errors import ArgumentError, DTypeError
-from jaxsoftmax._losses import (_ce_row_kernel, _ce_row_losses, _denominator, _label_weights,
+from jaxsoftmax._src import checks, kernels
+from jaxsoftmax._src.errors import ArgumentError, DTypeError
+from jaxsoftmax._src.losses import (_ce_row_kernel, _ce_row_losses, _denominator, _label_weights,
                                 _per_class, _reduce)
 
 __all__ = ["linear_cross_entropy", "default_chunk_size"]
@@ -64,7 +64,7 @@ def default_chunk_size(n: int, v: int, accelerator: bool | None = None) -> int:
 
 def _mm(a, b, dims):
   """A matmul that accumulates in, and returns, the compute dtype (float32 for half inputs)."""
-  ct = _checks.compute_dtype(jnp.result_type(a.dtype, b.dtype))
+  ct = checks.compute_dtype(jnp.result_type(a.dtype, b.dtype))
   return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=ct)
 
 
@@ -157,7 +157,7 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
   """
   n, v = labels.shape[0], w.shape[0 if vd else 1]
   xs, ls, vs = _chunks(x, labels, chunk)
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   total_w = float(v) if weight is None else jnp.sum(weight.astype(ct))
   want_grad = row_scale is not None
   seq = [xs, ls, vs]
@@ -220,13 +220,13 @@ def _lce(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode)
                  mode=mode)
   v = w.shape[0 if vd else 1]
   return _reduce(out["losses"], _mean_denominator(labels, weight, ignore_index, v,
-                                                  _checks.compute_dtype(x.dtype)),
+                                                  checks.compute_dtype(x.dtype)),
                  reduction).astype(x.dtype)
 
 
 def _lce_fwd(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode):
   v = w.shape[0 if vd else 1]
-  ct = _checks.compute_dtype(x.dtype)
+  ct = checks.compute_dtype(x.dtype)
   denominator = _mean_denominator(labels, weight, ignore_index, v, ct)
   if reduction == "none":  # per-row cotangents: the backward recomputes from (m, log_s)
     _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
@@ -278,7 +278,7 @@ _lce.defvjp(_lce_fwd, _lce_bwd)
 def _linear_cross_entropy(x, w, labels, bias, weight, *, ignore_index, label_smoothing, reduction,
                           chunk_size, vd=False, checked=False, mode="xla"):
   if checked:
-    _checks.check_labels_traced(labels, w.shape[0 if vd else 1], ignore_index,
+    checks.check_labels_traced(labels, w.shape[0 if vd else 1], ignore_index,
                                 "linear_cross_entropy")
   batch = labels.shape
   out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
@@ -343,8 +343,8 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
   """Validation shared by the core API and torch's mirror (which names the arguments its way and
   passes torch's (V, D) weight with ``vd=True``)."""
   xn, wn, ln, bn = names
-  x = _checks.as_float_array(x, xn, op)
-  w = _checks.as_float_array(w, wn, op)
+  x = checks.as_float_array(x, xn, op)
+  w = checks.as_float_array(w, wn, op)
   if x.ndim < 1:
     raise ArgumentError(f"{op}: {xn} must have a feature axis [..., D]; got a 0-d array.")
   layout = "[V, D]" if vd else "[D, V]"
@@ -366,28 +366,28 @@ def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_s
     raise ArgumentError(f"{op}: {ln} must have {xn}'s shape without the feature axis: expected "
                         f"{x.shape[:-1]}, got {labels.shape} ({xn} of shape {x.shape}).")
   if bias is not None:
-    bias = _checks.as_float_array(bias, bn, op)
+    bias = checks.as_float_array(bias, bn, op)
     if bias.shape != (v,):
       raise ArgumentError(f"{op}: {bn} must have shape ({v},) to match {wn} of shape {w.shape}; "
                           f"got {bias.shape}.")
     if bias.dtype != x.dtype:
       raise DTypeError(f"{op}: {bn} must have {xn}'s dtype {x.dtype}; got {bias.dtype}.")
-  weight = _checks.check_weight(weight, v, op)
-  reduction = _checks.check_reduction(reduction)
-  ignore_index = _checks.check_ignore_index(ignore_index)
-  label_smoothing = _checks.check_label_smoothing(label_smoothing)
-  _checks.check_labels_in_range(labels, v, ignore_index, op)
+  weight = checks.check_weight(weight, v, op)
+  reduction = checks.check_reduction(reduction)
+  ignore_index = checks.check_ignore_index(ignore_index)
+  label_smoothing = checks.check_label_smoothing(label_smoothing)
+  checks.check_labels_in_range(labels, v, ignore_index, op)
   n = labels.size
-  _kernels.check(implementation, op)
+  kernels.check(implementation, op)
   if chunk_size is None:
     chunk_size = default_chunk_size(n, v)
   elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ArgumentError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}.")
-  mode = _kernels.choose(implementation, op, _kernels.unsupported(x.dtype, last_axis=True,
+  mode = kernels.choose(implementation, op, kernels.unsupported(x.dtype, last_axis=True,
                                                                   empty=n == 0),
                          rows=min(chunk_size, n), n=v)  # the kernel sees one chunk at a time
   return _linear_cross_entropy(x, w, labels, bias, weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
                                chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd,
-                               checked=bool(checked) and not _checks.is_concrete(labels),
+                               checked=bool(checked) and not checks.is_concrete(labels),
                                mode=mode)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsoftmax._errors import ArgumentError, DTypeError
+from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax import _checks, _kernels
+from jaxsoftmax._src import checks, kernels
 
 __all__ = ["softmax", "log_softmax", "softmin"]
 
@@ -49,7 +49,7 @@ def _max(xc, axes, where):
 
 
 def _scaled(x, temperature, negate=False):
-  xc = x.astype(_checks.compute_dtype(x.dtype))
+  xc = x.astype(checks.compute_dtype(x.dtype))
   if negate:  # exact, so softmin(x) is softmax(-x) bit for bit
     xc = -xc
   # Divide (not multiply by 1/T) so the scaled logits equal torch's ``x / T`` bit for bit.
@@ -72,7 +72,7 @@ def _input_grad(dx, where, temperature, negate, dtype):
   return dx.astype(dtype), None  # None: the mask receives no cotangent
 
 
-# The kernel path (``mode`` != "xla", see jaxsoftmax._kernels) works on [rows, n] views with the
+# The kernel path (``mode`` != "xla", see jaxsoftmax._src.kernels) works on [rows, n] views with the
 # class axis last. Its residual is the output for float32 inputs; for half inputs it is the input
 # itself plus the row max and sum, from which the backward kernel rebuilds the forward's float32
 # output exactly as the forward built it (the same values the XLA path keeps, without writing a
@@ -81,14 +81,14 @@ def _input_grad(dx, where, temperature, negate, dtype):
 
 def _kernel_fwd(x, log, negate, temperature, mode):
   x2 = x.reshape(-1, x.shape[-1])
-  y, m, s = _kernels.softmax_fwd(x2, mode=mode, log=log, negate=negate, temperature=temperature)
+  y, m, s = kernels.softmax_fwd(x2, mode=mode, log=log, negate=negate, temperature=temperature)
   recompute = x.dtype != jnp.float32
   return y.reshape(x.shape), ((x2 if recompute else y), m, s)
 
 
 def _kernel_bwd(log, negate, temperature, mode, res, g):
   r, m, s = res
-  dx = _kernels.softmax_bwd(g.reshape(r.shape), r, m, s, mode=mode, log=log, negate=negate,
+  dx = kernels.softmax_bwd(g.reshape(r.shape), r, m, s, mode=mode, log=log, negate=negate,
                             temperature=temperature, recompute=r.dtype != jnp.float32)
   return dx.reshape(g.shape), None
 
@@ -161,26 +161,26 @@ def _family(x, where, traced_temperature, *, axes, temperature, log, negate, mod
     return kernel(x, where, axes, temperature, negate, mode)
   # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
   # so it is applied outside the custom rule; the rule then sees float32 logits.
-  xc = _scaled(x, 1.0) / traced_temperature.astype(_checks.compute_dtype(x.dtype))
+  xc = _scaled(x, 1.0) / traced_temperature.astype(checks.compute_dtype(x.dtype))
   return kernel(xc, where, axes, 1.0, negate, mode).astype(x.dtype)
 
 
 def _prepare(x, axis, temperature, where, op: str):
   """Validation shared by the public functions (runs at trace time, never under jit)."""
-  x = _checks.as_float_array(x, "x", op)
-  axes = _checks.normalize_axes(axis, x.ndim)
+  x = checks.as_float_array(x, "x", op)
+  axes = checks.normalize_axes(axis, x.ndim)
   traced = None
   if temperature is None:
     raise TypeError(f"{op}: temperature must be a positive number or a scalar array; got None.")
   if isinstance(temperature, (jax.Array, jax.core.Tracer)) or hasattr(temperature, "__array__"):
-    traced = _checks.as_float_array(temperature, "temperature", op)
+    traced = checks.as_float_array(temperature, "temperature", op)
     if traced.ndim != 0:
       raise ValueError(f"{op}: temperature must be a scalar; got an array of shape {traced.shape}.")
-    if _checks.is_concrete(traced):
-      _checks.check_positive_finite(float(traced), "temperature")
+    if checks.is_concrete(traced):
+      checks.check_positive_finite(float(traced), "temperature")
     temperature = 1.0
   else:
-    temperature = _checks.check_positive_finite(temperature, "temperature")
+    temperature = checks.check_positive_finite(temperature, "temperature")
   if where is not None:
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
@@ -198,14 +198,14 @@ def _prepare(x, axis, temperature, where, op: str):
 
 def _call(x, axis, temperature, where, implementation, *, op, log, negate):
   x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
-  _kernels.check(implementation, op)
+  kernels.check(implementation, op)
   reshape_to = None
   if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
     x, axes, reshape_to = x.reshape(1), (0,), ()
-  reason = _kernels.unsupported(x.dtype, last_axis=axes == (x.ndim - 1,),
+  reason = kernels.unsupported(x.dtype, last_axis=axes == (x.ndim - 1,),
                                 masked=where is not None, empty=x.size == 0)
   n = x.shape[-1] if x.ndim else 1
-  mode = _kernels.choose(implementation, op, reason, rows=x.size // max(n, 1), n=n)
+  mode = kernels.choose(implementation, op, reason, rows=x.size // max(n, 1), n=n)
   out = _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
                 mode=mode)
   return out if reshape_to is None else out.reshape(reshape_to)
@@ -227,7 +227,7 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
       nothing extra; a scalar array is traced and differentiable, for fitting ``T`` (calibration).
     where: optional boolean mask broadcastable to ``x``; ``False`` entries are excluded and get 0.
     implementation: ``None`` (Pallas kernels on GPU/TPU where they apply, else XLA), ``"xla"``
-      or ``"pallas"`` (forced; Pallas' interpreter on CPU). See :mod:`jaxsoftmax._kernels`.
+      or ``"pallas"`` (forced; Pallas' interpreter on CPU). See :mod:`jaxsoftmax._src.kernels`.
 
   Returns:
     An array of ``x``'s shape and dtype.
