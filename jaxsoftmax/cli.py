@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jaxsoftmax import parity
-from jaxsoftmax._src import kernels
+from jaxsoftmax._src import dispatch
 
 COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
            "grad max rel", "result")
@@ -93,7 +93,7 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     task = progress.add_task("parity", total=len(jobs))
     impl = args.implementation
-    with contextlib.nullcontext() if impl == "auto" else kernels.prefer(impl):
+    with contextlib.nullcontext() if impl == "auto" else dispatch.prefer(impl):
       for case, plat in jobs:
         progress.update(task, description=f"{case.op} {case.dtype} {plat}")
         results.append(parity.run_case(case, plat))

@@ -19,38 +19,21 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src import checks, family, linear, losses
+from jaxsoftmax._src import checks, family, linear, losses, torch_compat
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax",
            "linear_cross_entropy", "LinearCrossEntropyOptions"]
 
 
-def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
-  """torch's ``_get_softmax_dim``: warns, then picks 0 for 0-, 1- and 3-d inputs, else 1."""
-  warnings.warn(
-      f"Implicit dimension choice for {name} has been deprecated. "
-      "Change the call to include dim=X as an argument.",
-      stacklevel=stacklevel,
-  )
-  return 0 if ndim in (0, 1, 3) else 1
-
-
-def _to_dtype(dtype):
-  """Accepts JAX/NumPy dtypes, their names, and torch dtypes (``torch.float32``)."""
-  if type(dtype).__module__ == "torch":  # a torch.dtype, without importing torch
-    dtype = str(dtype).removeprefix("torch.")
-  return jnp.dtype(dtype)
-
-
 def _family_input(input, dim, dtype, name, stacklevel):
   x = jnp.asarray(input)
   if dim is None:
-    dim = _implicit_dim(name, x.ndim, stacklevel + 1)
+    dim = torch_compat.implicit_dim(name, x.ndim, stacklevel + 1)
   if isinstance(dim, bool) or not isinstance(dim, int):
     raise TypeError(f"{name}(): argument 'dim' must be int, not {type(dim).__name__}.")
   if dtype is not None:
-    x = x.astype(_to_dtype(dtype))  # torch casts the input before the op
+    x = x.astype(torch_compat.to_dtype(dtype))  # torch casts the input before the op
   return x, dim
 
 
@@ -85,20 +68,6 @@ def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> 
   return family.softmin(x, dim)
 
 
-def _legacy_reduction(size_average, reduce, reduction, stacklevel=4) -> str:
-  """torch's ``_Reduction.legacy_get_string``: the deprecated flags override ``reduction``."""
-  if size_average is None and reduce is None:
-    return reduction
-  size_average = True if size_average is None else size_average
-  reduce = True if reduce is None else reduce
-  result = ("mean" if size_average else "sum") if reduce else "none"
-  warnings.warn(
-      f"size_average and reduce args will be deprecated, please use reduction='{result}' instead.",
-      stacklevel=stacklevel,
-  )
-  return result
-
-
 def _class_dim(x, op) -> int:
   if x.ndim == 0:
     raise ArgumentError(f"{op}: input must have at least 1 dimension (classes); got a 0-d array.")
@@ -127,7 +96,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
     Array(0.2413, dtype=float32)
   """
   op = "cross_entropy"
-  reduction = _legacy_reduction(size_average, reduce, reduction)
+  reduction = torch_compat.legacy_reduction(size_average, reduce, reduction)
   x = checks.as_float_array(input, "input", op)
   target = jnp.asarray(target)
   axis = _class_dim(x, op)
@@ -157,7 +126,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
              reduction: str = "mean") -> jax.Array:
   """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input)."""
   op = "nll_loss"
-  reduction = _legacy_reduction(size_average, reduce, reduction)
+  reduction = torch_compat.legacy_reduction(size_average, reduce, reduction)
   x = checks.as_float_array(input, "input", op)
   target = jnp.asarray(target)
   axis = _class_dim(x, op)
@@ -216,9 +185,11 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   chunk = getattr(options, "batch_chunk_size", None)  # None: no options, or torch's auto
   indices = jnp.issubdtype(target.dtype, jnp.integer)
   if indices and w.ndim == 2 and target.shape == x.shape[:-1]:
-    return linear._validated_call(
-        op, ("input", "linear_weight", "target", "linear_bias"), x, w, target, linear_bias, weight,
-        -100 if ignore_index is None else ignore_index, label_smoothing, reduction, chunk, vd=True)
+    return linear.validated_call(
+        op, linear.ArgNames("input", "linear_weight", "target", "linear_bias"), x, w, target,
+        bias=linear_bias, weight=weight, chunk_size=chunk, vocab_first=True,
+        options=losses.LossOptions(-100 if ignore_index is None else ignore_index,
+                                   label_smoothing, reduction))
   # The reference path: form the logits (N, C, d1, ..., dK), then cross_entropy over dim 1.
   if x.shape[-1] != w.shape[-1]:
     raise ArgumentError(f"{op}: input's in_features {x.shape[-1]} (shape {x.shape}) must equal "
@@ -245,20 +216,6 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   return loss.astype(x.dtype)
 
 
-def _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim):
-  """The deterministic part of :func:`gumbel_softmax`, given standard Gumbel noise."""
-  ct = checks.compute_dtype(logits.dtype)  # add the noise in float32 too: round only once
-  y_soft = family.softmax(logits.astype(ct) + gumbels.astype(ct), dim, temperature=tau)
-  y_soft = y_soft.astype(logits.dtype)
-  if not hard:
-    return y_soft
-  axis = checks.normalize_axis(dim, y_soft.ndim, "dim")
-  index = jnp.argmax(y_soft, axis=axis, keepdims=True)  # first maximum, as torch
-  y_hard = (jax.lax.broadcasted_iota(index.dtype, y_soft.shape, axis) == index).astype(y_soft.dtype)
-  # Straight-through estimator: the value of y_hard, the gradient of y_soft.
-  return y_hard - jax.lax.stop_gradient(y_soft) + y_soft
-
-
 def gumbel_softmax(logits, tau: float = 1, hard: bool = False, eps: float = 1e-10, dim: int = -1,
                    *, key: jax.Array) -> jax.Array:
   r"""``torch.nn.functional.gumbel_softmax``: a differentiable sample from a categorical.
@@ -277,4 +234,4 @@ def gumbel_softmax(logits, tau: float = 1, hard: bool = False, eps: float = 1e-1
     warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
   logits = checks.as_float_array(logits, "logits", "gumbel_softmax")
   gumbels = jax.random.gumbel(key, logits.shape, checks.compute_dtype(logits.dtype))
-  return _gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim)
+  return torch_compat.gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jaxsoftmax
-from jaxsoftmax.nn import torch_uniform
+from jaxsoftmax._src.torch_compat import torch_uniform
 
 __all__ = ["IncomeClassifier", "DigitClassifier", "predict_proba", "predict_digit"]
 

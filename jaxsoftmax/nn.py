@@ -1,6 +1,8 @@
 """Flax NNX modules mirroring ``torch.nn``: same class names and constructor arguments.
 
-Each module only stores its configuration and calls :mod:`jaxsoftmax.functional`. A class weight is
+Each module only stores its configuration and calls :mod:`jaxsoftmax.functional` (one exception:
+``LinearCrossEntropyLoss`` calls the core with Flax's ``[D, V]`` kernel, which the mirror would take
+transposed, a copy outside jit). A class weight is
 kept in a :class:`Buffer` (torch's ``register_buffer``): part of the module's state, saved and
 restored with it, but not an ``nnx.Param``, so optimizers built on ``nnx.Param`` leave it alone.
 """
@@ -13,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsoftmax._src import linear
+from jaxsoftmax._src import linear, torch_compat
+from jaxsoftmax._src.losses import LossOptions
 from jaxsoftmax import functional as F
 
 __all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss",
@@ -22,17 +25,6 @@ __all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntr
 
 class Buffer(nnx.Variable):
   """Non-trainable module state, like a torch buffer."""
-
-
-def torch_uniform(fan_in: int):
-  """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default init for Linear/Conv weights and
-  biases (``kaiming_uniform_(a=sqrt(5))`` works out to the same bound)."""
-  bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 class _DimModule(nnx.Module):
@@ -83,7 +75,7 @@ class _WeightedLoss(nnx.Module):
 
   def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
     # Resolved once here, as torch's _Loss does, so the legacy warning fires at construction.
-    self.reduction = F._legacy_reduction(size_average, reduce, reduction, stacklevel=5)
+    self.reduction = torch_compat.legacy_reduction(size_average, reduce, reduction, stacklevel=5)
     self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
 
   def _weight(self):
@@ -142,7 +134,7 @@ class LinearCrossEntropyLoss(nnx.Module):
                ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
                rngs: nnx.Rngs):
     self.num_classes, self.out_features = num_classes, tuple(out_features)
-    init = torch_uniform(in_features)
+    init = torch_compat.torch_uniform(in_features)
     self.linear = nnx.Linear(in_features, num_classes * math.prod(self.out_features),
                              use_bias=bias, kernel_init=init, bias_init=init, dtype=dtype,
                              param_dtype=dtype, rngs=rngs)
@@ -159,10 +151,14 @@ class LinearCrossEntropyLoss(nnx.Module):
       # The core takes the (D, V) kernel as it is: no transposed copy.
       x = jnp.asarray(input)
       chunk = getattr(self.options, "batch_chunk_size", None)
-      return linear._validated_call(
-          "LinearCrossEntropyLoss", ("input", "linear.kernel", "target", "linear.bias"), x,
-          kernel, target, bias, weight, -100 if self.ignore_index is None else self.ignore_index,
-          self.label_smoothing, self.reduction, chunk, vd=False)
+      # The core directly, with Flax's [D, V] kernel: the mirror takes torch's [V, D], and
+      # transposing a large kernel outside jit would copy it.
+      return linear.validated_call(
+          "LinearCrossEntropyLoss", linear.ArgNames("input", "linear.kernel", "target",
+                                                    "linear.bias"), x, kernel, target,
+          bias=bias, weight=weight, chunk_size=chunk, vocab_first=False,
+          options=LossOptions(-100 if self.ignore_index is None else self.ignore_index,
+                              self.label_smoothing, self.reduction))
     torch_weight = kernel.T.reshape((self.num_classes,) + self.out_features + (kernel.shape[0],))
     return F.linear_cross_entropy(
         input, torch_weight, target, linear_bias=bias, weight=weight, reduction=self.reduction,

@@ -32,6 +32,7 @@ from flax import nnx
 import jaxsoftmax
 from jaxsoftmax import functional as F
 from jaxsoftmax import nn as jnn
+from jaxsoftmax._src import torch_compat
 from jaxsoftmax._src.copies import jax_copy, torch_copy
 
 __all__ = [
@@ -282,7 +283,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
        lambda t, p: _tF().nll_loss(t["x"], t["target"], weight=t.get("weight"), **{
            k: v for k, v in _ce_kwargs(p).items() if k != "label_smoothing"})),
     Op("gumbel_softmax",
-       lambda a, p: F._gumbel_softmax_from_noise(a["x"], a["noise"], p["tau"], p["hard"], p["dim"]),
+       lambda a, p: torch_compat.gumbel_softmax_from_noise(a["x"], a["noise"], p["tau"], p["hard"], p["dim"]),
        _gumbel_torch),
     Op("nn.Softmax", lambda a, p: jnn.Softmax(p["dim"])(a["x"]),
        lambda t, p: _torch().nn.Softmax(p["dim"])(t["x"])),

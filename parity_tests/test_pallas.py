@@ -20,7 +20,7 @@ import pytest
 
 import jaxsoftmax
 from jaxsoftmax import parity
-from jaxsoftmax._src import kernels
+from jaxsoftmax._src import dispatch, kernels
 from jaxsoftmax._src.kernels import gpu, reference, tpu
 
 def _kernel(module, interpret):
@@ -170,7 +170,7 @@ def kernel_calls(monkeypatch):
 @pytest.mark.parametrize("case", _kernel_cases(), ids=lambda c: c.id)
 def test_kernels_agree_with_torch(case, kernel_calls):
   jax.clear_caches()  # the grid's XLA runs must not answer from the jit cache
-  with kernels.prefer("pallas"):
+  with dispatch.prefer("pallas"):
     result = parity.run_case(case, "cpu")
   assert result.ok, result.report()
   assert kernel_calls, f"{case.id} never reached a kernel"
@@ -284,11 +284,11 @@ def test_float64_is_refused_by_name():
 
 def test_prefer_falls_back_where_the_kernels_do_not_apply():
   x = jnp.ones((3, 4))
-  with kernels.prefer("pallas"):
+  with dispatch.prefer("pallas"):
     assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
     assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, axis=0), x)
   with pytest.raises(ValueError, match="got 'fast'"):
-    with kernels.prefer("fast"):
+    with dispatch.prefer("fast"):
       pass
 
 
@@ -374,7 +374,7 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   jax.clear_caches()
   long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
-  many = jax.ShapeDtypeStruct((kernels.AUTO_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
+  many = jax.ShapeDtypeStruct((dispatch.GPU_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
                               jnp.float32)
   assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, long)
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, many)
@@ -383,10 +383,19 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
   jax.clear_caches()
 
 
+def test_the_few_long_rows_rule_is_a_gpu_rule(monkeypatch):
+  """A TPU core walks its grid in sequence, so a few long rows still take the kernels there."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  jax.clear_caches()
+  long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
+  assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, long)
+  jax.clear_caches()
+
+
 def test_linear_chunks_are_larger_on_accelerators():
   from jaxsoftmax._src.linear import default_chunk_size
   assert default_chunk_size(8192, 32768, accelerator=False) == 256  # 32 MiB, measured on CPU
-  assert default_chunk_size(8192, 131072, accelerator=True) == kernels.AUTO_MIN_ROWS_TWO_PASS
+  assert default_chunk_size(8192, 131072, accelerator=True) == dispatch.GPU_MIN_ROWS_TWO_PASS
   assert default_chunk_size(100, 131072, accelerator=True) == 100
 
 

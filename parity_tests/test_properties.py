@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import jax
 from jaxsoftmax import parity
-from jaxsoftmax._src import kernels
+from jaxsoftmax._src import dispatch
 from jaxsoftmax import functional as F
 from jaxsoftmax._src.kernels import gpu
 
@@ -150,7 +150,7 @@ def test_pallas_kernels(data, op, two_pass, smoothing, reduction, seed):
   gpu.ONE_PASS_MAX = 2 if two_pass else limit  # two-pass over 2-column blocks
   jax.clear_caches()
   try:
-    with kernels.prefer("pallas"):
+    with dispatch.prefer("pallas"):
       _grad_pair(jax_fn, torch_fn, x, "float32")
   finally:
     gpu.ONE_PASS_MAX = limit

@@ -25,35 +25,29 @@ raise ``TypeError`` on it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src import checks, kernels
+from jaxsoftmax._src import checks, dispatch, kernels
+from jaxsoftmax._src.kernels.online import NEG_INF
+from jaxsoftmax._src.kernels.reference import scaled
 
 __all__ = ["softmax", "log_softmax", "softmin"]
 
-_NEG_INF = -jnp.inf
 
 
 # ----------------------------------------------------------------------------------------------
-# custom_vjp kernels. ``axes`` and ``temperature`` are static (hashable) so they are
-# nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.
+# The rules, one custom_vjp per backend. ``axes`` and ``temperature`` are static (hashable) so they
+# are nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.
 
 
 def _max(xc, axes, where):
   # ``initial`` keeps empty reductions defined (-inf) instead of raising, as torch returns an
   # empty result for softmax over a zero-length axis.
-  return jnp.max(xc, axis=axes, keepdims=True, initial=_NEG_INF, where=where)
-
-
-def _scaled(x, temperature, negate=False):
-  xc = x.astype(checks.compute_dtype(x.dtype))
-  if negate:  # exact, so softmin(x) is softmax(-x) bit for bit
-    xc = -xc
-  # Divide (not multiply by 1/T) so the scaled logits equal torch's ``x / T`` bit for bit.
-  return xc if temperature == 1.0 else xc / temperature
+  return jnp.max(xc, axis=axes, keepdims=True, initial=NEG_INF, where=where)
 
 
 def _keep(where, v, fill=0.0):
@@ -72,36 +66,16 @@ def _input_grad(dx, where, temperature, negate, dtype):
   return dx.astype(dtype), None  # None: the mask receives no cotangent
 
 
-# The kernel path (``mode`` != "xla", see jaxsoftmax._src.kernels) works on [rows, n] views with the
-# class axis last. Its residual is the output for float32 inputs; for half inputs it is the input
-# itself plus the row max and sum, from which the backward kernel rebuilds the forward's float32
-# output exactly as the forward built it (the same values the XLA path keeps, without writing a
-# float32 copy: 2 bytes per element instead of 4).
+# XLA backend: the residual is the output ``y`` (and the mask, when given).
 
 
-def _kernel_fwd(x, log, negate, temperature, mode):
-  x2 = x.reshape(-1, x.shape[-1])
-  y, m, s = kernels.softmax_fwd(x2, mode=mode, log=log, negate=negate, temperature=temperature)
-  recompute = x.dtype != jnp.float32
-  return y.reshape(x.shape), ((x2 if recompute else y), m, s)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _softmax_xla(x, where, axes, temperature, negate):
+  return _softmax_xla_fwd(x, where, axes, temperature, negate)[0]
 
 
-def _kernel_bwd(log, negate, temperature, mode, res, g):
-  r, m, s = res
-  dx = kernels.softmax_bwd(g.reshape(r.shape), r, m, s, mode=mode, log=log, negate=negate,
-                            temperature=temperature, recompute=r.dtype != jnp.float32)
-  return dx.reshape(g.shape), None
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _softmax(x, where, axes, temperature, negate, mode):
-  return _softmax_fwd(x, where, axes, temperature, negate, mode)[0]
-
-
-def _softmax_fwd(x, where, axes, temperature, negate, mode):
-  if mode != "xla":
-    return _kernel_fwd(x, False, negate, temperature, mode)
-  xc = _scaled(x, temperature, negate)
+def _softmax_xla_fwd(x, where, axes, temperature, negate):
+  xc = scaled(x, negate, temperature)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
   e = _keep(where, jnp.exp(xc - _max(xc, axes, where)))
   y = _keep(where, e / jnp.sum(e, axis=axes, keepdims=True))
@@ -110,59 +84,99 @@ def _softmax_fwd(x, where, axes, temperature, negate, mode):
   return y.astype(x.dtype), (y, where)
 
 
-def _softmax_bwd(axes, temperature, negate, mode, res, g):
-  if mode != "xla":
-    return _kernel_bwd(False, negate, temperature, mode, res, g)
+def _softmax_xla_bwd(axes, temperature, negate, res, g):
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - jnp.sum(gc * y, axis=axes, keepdims=True))
   return _input_grad(dx, where, temperature, negate, g.dtype)
 
 
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax_xla.defvjp(_softmax_xla_fwd, _softmax_xla_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _log_softmax(x, where, axes, temperature, negate, mode):
-  return _log_softmax_fwd(x, where, axes, temperature, negate, mode)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _log_softmax_xla(x, where, axes, temperature, negate):
+  return _log_softmax_xla_fwd(x, where, axes, temperature, negate)[0]
 
 
-def _log_softmax_fwd(x, where, axes, temperature, negate, mode):
-  if mode != "xla":
-    return _kernel_fwd(x, True, negate, temperature, mode)
-  xc = _scaled(x, temperature, negate)
+def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
+  xc = scaled(x, negate, temperature)
   shifted = xc - _max(xc, axes, where)
   e = _keep(where, jnp.exp(shifted))
-  y = _keep(where, shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True)), _NEG_INF)
+  y = _keep(where, shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True)), NEG_INF)
   # With a mask, a masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit
   # (gradient = upstream gradient, as in torch), so the mask is kept beside the output.
   return y.astype(x.dtype), (y, where)
 
 
-def _log_softmax_bwd(axes, temperature, negate, mode, res, g):
-  if mode != "xla":
-    return _kernel_bwd(True, negate, temperature, mode, res, g)
+def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
   dx = gc - jnp.exp(y) * jnp.sum(gc, axis=axes, keepdims=True)
   return _input_grad(dx, where, temperature, negate, g.dtype)
 
 
-_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+_log_softmax_xla.defvjp(_log_softmax_xla_fwd, _log_softmax_xla_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "mode"))
-def _family(x, where, traced_temperature, *, axes, temperature, log, negate, mode="xla"):
+# Kernel backend: [rows, n] views with the class axis last, no mask. The residual is the output
+# for float32 inputs; for half inputs it is the input itself plus the row max and sum, from which
+# the backward kernel rebuilds the forward's float32 output exactly as the forward built it (the
+# same values the XLA backend keeps, without writing a float32 copy: 2 bytes per element, not 4).
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelOptions:
+  log: bool
+  negate: bool
+  temperature: float
+  interpret: bool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _family_kernel(x, opts):
+  return _family_kernel_fwd(x, opts)[0]
+
+
+def _family_kernel_fwd(x, opts):
+  x2 = x.reshape(-1, x.shape[-1])
+  y, m, s = kernels.softmax_fwd(x2, interpret=opts.interpret, log=opts.log, negate=opts.negate,
+                                temperature=opts.temperature)
+  recompute = x.dtype != jnp.float32
+  return y.reshape(x.shape), ((x2 if recompute else y), m, s)
+
+
+def _family_kernel_bwd(opts, res, g):
+  r, m, s = res
+  dx = kernels.softmax_bwd(g.reshape(r.shape), r, m, s, interpret=opts.interpret, log=opts.log,
+                           negate=opts.negate, temperature=opts.temperature,
+                           recompute=r.dtype != jnp.float32)
+  return (dx.reshape(g.shape),)
+
+
+_family_kernel.defvjp(_family_kernel_fwd, _family_kernel_bwd)
+
+
+def _rule(backend, log, where, axes, temperature, negate):
+  """The custom-VJP function of ``backend``, as ``x -> y``."""
+  if backend is dispatch.Backend.XLA:
+    xla = _log_softmax_xla if log else _softmax_xla
+    return lambda x: xla(x, where, axes, temperature, negate)
+  opts = _KernelOptions(log, negate, temperature, backend is dispatch.Backend.PALLAS_INTERPRET)
+  return lambda x: _family_kernel(x, opts)
+
+
+@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "backend"))
+def _family(x, where, traced_temperature, *, axes, temperature, log, negate, backend):
   """One jitted entry for the whole family; ``traced_temperature`` is None or a scalar array."""
-  kernel = _log_softmax if log else _softmax
   if where is not None:
     where = jnp.broadcast_to(where, x.shape)
   if traced_temperature is None:
-    return kernel(x, where, axes, temperature, negate, mode)
+    return _rule(backend, log, where, axes, temperature, negate)(x)
   # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
   # so it is applied outside the custom rule; the rule then sees float32 logits.
-  xc = _scaled(x, 1.0) / traced_temperature.astype(checks.compute_dtype(x.dtype))
-  return kernel(xc, where, axes, 1.0, negate, mode).astype(x.dtype)
+  xc = scaled(x, False, 1.0) / traced_temperature.astype(checks.compute_dtype(x.dtype))
+  return _rule(backend, log, where, axes, 1.0, negate)(xc).astype(x.dtype)
 
 
 def _prepare(x, axis, temperature, where, op: str):
@@ -198,16 +212,15 @@ def _prepare(x, axis, temperature, where, op: str):
 
 def _call(x, axis, temperature, where, implementation, *, op, log, negate):
   x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
-  kernels.check(implementation, op)
   reshape_to = None
   if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
     x, axes, reshape_to = x.reshape(1), (0,), ()
-  reason = kernels.unsupported(x.dtype, last_axis=axes == (x.ndim - 1,),
-                                masked=where is not None, empty=x.size == 0)
   n = x.shape[-1] if x.ndim else 1
-  mode = kernels.choose(implementation, op, reason, rows=x.size // max(n, 1), n=n)
+  backend = dispatch.resolve(implementation, dispatch.KernelCall(
+      op, x.dtype, last_axis=axes == (x.ndim - 1,), rows=x.size // max(n, 1), n=n,
+      masked=where is not None, empty=x.size == 0))
   out = _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
-                mode=mode)
+                backend=backend)
   return out if reshape_to is None else out.reshape(reshape_to)
 
 

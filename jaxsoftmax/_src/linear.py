@@ -26,23 +26,23 @@ gradient matmuls take the float32 logit gradient (with ``w`` upcast, which costs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax._src import checks, kernels
+from jaxsoftmax._src import checks, dispatch, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
-from jaxsoftmax._src.losses import (_ce_row_kernel, _ce_row_losses, _denominator, _label_weights,
-                                _per_class, _reduce)
+from jaxsoftmax._src.losses import LossOptions, ce_row_kernel
 
-__all__ = ["linear_cross_entropy", "default_chunk_size"]
+__all__ = ["linear_cross_entropy", "default_chunk_size", "ArgNames", "validated_call"]
 
-# One chunk's float32 logits. Larger chunks keep the matmuls efficient: at N=8192, D=512, V=32768
-# on 2 CPU cores, fwd+bwd took 6.9 s with 64 rows, 5.3 s with 256 and 4.8 s with 1024, while XLA's
-# temporary memory grows by one logits row per chunk row (256 rows: 97 MiB in all).
+# One chunk's float32 logits. Larger chunks keep the matmuls efficient (measurements:
+# benchmarks/NOTES.md), while XLA's temporary memory grows by one logits row per chunk row.
 _CHUNK_BYTES = 32 * 2**20
 
 
@@ -62,141 +62,151 @@ def default_chunk_size(n: int, v: int, accelerator: bool | None = None) -> int:
   return max(1, min(rows, n))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """The static configuration of one call (a jit and custom_vjp static argument).
+
+  ``vocab_first``: the kernel is ``[V, D]`` (torch's ``Linear.weight``, the mirror) instead of
+  ``[D, V]`` (Flax, the core API); it picks the contraction, so no transposed copy of a large
+  kernel is ever made.
+  """
+
+  loss: LossOptions
+  chunk_size: int
+  vocab_first: bool
+  backend: dispatch.Backend
+
+
 def _mm(a, b, dims):
   """A matmul that accumulates in, and returns, the compute dtype (float32 for half inputs)."""
   ct = checks.compute_dtype(jnp.result_type(a.dtype, b.dtype))
   return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=ct)
 
 
-def _chunks(x, labels, chunk):
-  """(num_chunks, chunk, ...) views, padded with rows whose label is -1 (marked invalid)."""
-  n = labels.shape[0]
-  pad = -n % chunk
-  valid = jnp.ones((n,), bool)
+def _chunked(a, labels, chunk, fill=0):
+  """``a`` as ``(num_chunks, chunk, ...)``, padded with ``fill``."""
+  pad = -labels.shape[0] % chunk
   if pad:
-    x = jnp.pad(x, ((0, pad), (0, 0)))
-    labels = jnp.pad(labels, (0, pad), constant_values=-1)
-    valid = jnp.pad(valid, (0, pad))
-  k = (n + pad) // chunk
-  return x.reshape(k, chunk, x.shape[1]), labels.reshape(k, chunk), valid.reshape(k, chunk)
+    a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1), constant_values=fill)
+  return a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
 
 
-def _row_terms(labels, valid, weight, ignore_index, v, ct):
-  """Per-row ``w_y`` (0 if ignored or padding, NaN if out of range) and the kept mask."""
-  w_y, kept = _label_weights(labels, weight, ignore_index, v, ct)
-  kept = kept & valid
-  return jnp.where(valid, w_y, 0.0), kept
-
-
-# The kernel may come as (D, V) (Flax, the core API) or as (V, D) (torch's Linear.weight, the
-# mirror): ``vd`` picks the contraction, so no transposed copy of a large kernel is ever made.
-
-
-def _logits(xc, w, b, vd):
-  z = _mm(xc, w, ((1,), (1 if vd else 0,)))
+def _logits(x_chunk, w, b, vocab_first):
+  z = _mm(x_chunk, w, ((1,), (1 if vocab_first else 0,)))
   return z if b is None else z + b.astype(z.dtype)[None, :]
 
 
-def _losses_from(z, m, log_s, labels, w_y, kept, weight, eps, v):
-  """Per-row losses from a chunk's logits and their max ``m`` and ``log(sum(exp(z - m)))``."""
-  rows = jnp.arange(labels.shape[0])
-  z_y = z[rows, jnp.clip(labels, 0, v - 1)]
-  losses = w_y * (log_s - (z_y - m))  # -w_y log p_y, without forming m + log_s (cancellation)
+class _ChunkTerms(NamedTuple):
+  """What the chunk step needs beside the chunk's logits ``z``: labels, per-row ``w_y`` (0 if
+  ignored or padding, NaN if out of range), kept mask, row cotangents (None: no gradient), and the
+  row statistics ``(m, log_s)`` of an earlier pass (None: compute them)."""
+
+  labels: jax.Array
+  w_y: jax.Array
+  kept: jax.Array
+  row_g: jax.Array | None
+  stats: tuple[jax.Array, jax.Array] | None
+
+
+def _xla_chunk_step(z, t, weight, eps, total_w):
+  """``(losses, m, log_s, dz | None)`` of one chunk, in XLA."""
+  v = z.shape[1]
+  if t.stats is None:
+    m = jnp.max(z, axis=1)
+    log_s = jnp.log(jnp.sum(jnp.exp(z - m[:, None]), axis=1))
+  else:
+    m, log_s = t.stats
+  rows = jnp.arange(t.labels.shape[0])
+  z_y = z[rows, jnp.clip(t.labels, 0, v - 1)]
+  smooth_sum = None
   if eps > 0.0:
-    zc = z - m[:, None]
-    if weight is None:
-      smooth = v * log_s - jnp.sum(zc, axis=1)
-    else:
-      wf = weight.astype(z.dtype)
-      smooth = jnp.sum(wf) * log_s - zc @ wf
-    losses = (1.0 - eps) * losses + (eps / v) * smooth
-  return jnp.where(kept, losses, 0.0)
-
-
-def _dlogits(p, labels, w_y, r, weight, eps, v, total_w):
-  """d loss / d z for a chunk, given softmax ``p`` and per-row scales ``r`` (0 where not kept)."""
-  rows = jnp.arange(labels.shape[0])
-  a = (1.0 - eps) * w_y + (eps / v) * total_w
-  dz = (r * a)[:, None] * p
+    shifted = z - m[:, None]
+    smooth_sum = jnp.sum(shifted, axis=1) if weight is None else shifted @ weight.astype(z.dtype)
+  losses = xent.losses_from_stats(m, log_s, z_y, smooth_sum, t.w_y, t.kept, total_w, eps, v)
+  if t.row_g is None:
+    return losses, m, log_s, None
+  alpha, beta, gamma = xent.smoothing_coefficients(t.row_g, t.w_y, total_w, eps, v)
+  dz = alpha[:, None] * jnp.exp(z - (m + log_s)[:, None])
   if eps > 0.0:
-    w_c = 1.0 if weight is None else weight.astype(p.dtype)[None, :]
-    dz = dz - r[:, None] * ((eps / v) * w_c)
-  return dz.at[rows, jnp.clip(labels, 0, v - 1)].add(-r * (1.0 - eps) * w_y)
+    dz = dz - beta[:, None] * (1.0 if weight is None else weight.astype(z.dtype)[None, :])
+  return losses, m, log_s, xent.scatter_add(dz, t.labels, -gamma, v, 1)
 
 
-def _dweight(z, m, log_s, labels, kept, r, eps, v):
+def _kernel_chunk_step(z, t, weight, eps, total_w, *, interpret):
+  """As :func:`_xla_chunk_step`, through cross_entropy's row kernel: statistics, losses and
+  d loss / d z in one read of the chunk's logits when a row fits on chip."""
+  stats = () if t.stats is None else (t.stats[0][:, None], jnp.exp(t.stats[1])[:, None])
+  row_g = jnp.zeros_like(t.w_y) if t.row_g is None else t.row_g
+  m, s, z_y, smooth_sum, dz = ce_row_kernel(z, t.labels, weight, row_g, t.w_y, total_w, eps,
+                                            stats, interpret=interpret,
+                                            grad=t.row_g is not None)
+  log_s = jnp.log(s[:, 0])
+  losses = xent.losses_from_stats(m[:, 0], log_s, z_y[:, 0], smooth_sum[:, 0], t.w_y, t.kept,
+                                  total_w, eps, z.shape[1])
+  return losses, m[:, 0], log_s, dz
+
+
+def _chunk_dweight(z, m, log_s, t, eps):
   """The chunk's share of d loss / d weight (before the mean's denominator term)."""
-  nll = jnp.where(kept, log_s - (z[jnp.arange(labels.shape[0]), jnp.clip(labels, 0, v - 1)] - m),
-                  0.0)
-  dw = _per_class(labels, (1.0 - eps) * r * nll, v)
+  v = z.shape[1]
+  rows = jnp.arange(t.labels.shape[0])
+  nll = jnp.where(t.kept, log_s - (z[rows, jnp.clip(t.labels, 0, v - 1)] - m), 0.0)
+  dw = xent.per_class(t.labels, (1.0 - eps) * t.row_g * nll, v)
   if eps > 0.0:
-    rk = jnp.where(kept, r, 0.0)
-    zc = jnp.where(kept[:, None], z - m[:, None], 0.0)  # an ignored row's inf must not become NaN
-    dw = dw + (eps / v) * (jnp.sum(rk * log_s) - rk @ zc)
+    kept_g = jnp.where(t.kept, t.row_g, 0.0)
+    shifted = jnp.where(t.kept[:, None], z - m[:, None], 0.0)  # an ignored row's inf: not NaN
+    dw = dw + (eps / v) * (jnp.sum(kept_g * log_s) - kept_g @ shifted)
   return dw
 
 
-def _kernel_chunk(z, lc, w_y, kept, weight, eps, v, total_w, r, m, log_s, mode):
-  """The chunk step through cross_entropy's row kernel: statistics, losses and (when ``r`` is
-  given) d loss / d z, in one read of the chunk's logits when a row fits on chip."""
-  stats = () if m is None else (m[:, None], jnp.exp(log_s)[:, None])
-  row_g = jnp.zeros_like(w_y) if r is None else r
-  m2, s2, z_y, swz, dz = _ce_row_kernel(z, lc, weight, row_g, w_y, total_w, eps, stats,
-                                        mode=mode, grad=r is not None)
-  losses, _, log_s = _ce_row_losses(m2, s2, z_y, swz, w_y, kept, total_w, eps, v)
-  return losses, m2[:, 0], log_s, dz
-
-
-def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=None, stats=None,
-          mode="xla"):
+def _scan(x, w, b, labels, weight, static, *, row_scale=None, stats=None):
   """One pass over the chunks.
 
-  Returns per-row losses, the per-row max and log-sum-exp and, when ``row_scale`` (per-row
-  d loss / d loss_n) is given, the gradients for those scales.
+  Returns the gradient sums ``(dw, db, dweight)`` (None without ``row_scale``) and per-row
+  ``losses``, ``m``, ``log_s`` (and ``dx`` with ``row_scale``, per-row d loss / d loss_n).
   ``stats`` (m, log_s) from an earlier pass skips the max and sum.
   """
-  n, v = labels.shape[0], w.shape[0 if vd else 1]
-  xs, ls, vs = _chunks(x, labels, chunk)
+  n, v = labels.shape[0], w.shape[0 if static.vocab_first else 1]
+  eps, chunk = static.loss.label_smoothing, static.chunk_size
   ct = checks.compute_dtype(x.dtype)
-  total_w = float(v) if weight is None else jnp.sum(weight.astype(ct))
+  total_w = xent.total_weight(weight, v, ct)
+  if static.backend is dispatch.Backend.XLA:
+    step = _xla_chunk_step
+  else:
+    step = functools.partial(_kernel_chunk_step,
+                             interpret=static.backend is dispatch.Backend.PALLAS_INTERPRET)
   want_grad = row_scale is not None
-  seq = [xs, ls, vs]
+  seq = {"x": _chunked(x, labels, chunk), "labels": _chunked(labels, labels, chunk, -1),
+         "valid": _chunked(jnp.ones((n,), bool), labels, chunk, False)}
   if stats is not None:
-    seq += [_chunks(jnp.stack(stats, 1), labels, chunk)[0]]
+    seq["stats"] = _chunked(jnp.stack(stats, 1), labels, chunk)
   if want_grad:
-    seq += [_chunks(row_scale[:, None], labels, chunk)[0][..., 0]]
+    seq["row_scale"] = _chunked(row_scale, labels, chunk)
 
   def body(carry, inputs):
-    xc, lc, vc = inputs[:3]
-    z = _logits(xc, w, b, vd)
-    w_y, kept = _row_terms(lc, vc, weight, ignore_index, v, ct)
-    r = None if not want_grad else jnp.where(kept, inputs[-1], 0.0)
-    if mode != "xla":
-      given = (None, None) if stats is None else (inputs[3][:, 0], inputs[3][:, 1])
-      losses, m, log_s, dz = _kernel_chunk(z, lc, w_y, kept, weight, eps, v, total_w, r, *given,
-                                           mode)
-    else:
-      if stats is not None:
-        m, log_s = inputs[3][:, 0], inputs[3][:, 1]
-      else:
-        m = jnp.max(z, axis=1)
-        log_s = jnp.log(jnp.sum(jnp.exp(z - m[:, None]), axis=1))
-      losses = _losses_from(z, m, log_s, lc, w_y, kept, weight, eps, v)
-      if want_grad:
-        dz = _dlogits(jnp.exp(z - (m + log_s)[:, None]), lc, w_y, r, weight, eps, v, total_w)
+    x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"]
+    z = _logits(x_chunk, w, b, static.vocab_first)
+    w_y, kept = xent.label_weights(chunk_labels, weight, static.loss.ignore_index, v, ct)
+    kept = kept & valid
+    w_y = jnp.where(valid, w_y, 0.0)
+    given = None if stats is None else (inputs["stats"][:, 0], inputs["stats"][:, 1])
+    row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
+    terms = _ChunkTerms(chunk_labels, w_y, kept, row_g, given)
+    losses, m, log_s, dz = step(z, terms, weight, eps, total_w)
     out = {"losses": losses, "m": m, "log_s": log_s}
     if not want_grad:
       return carry, out
     # Half inputs: the gradient matmuls take dz in float32 (w and the chunk of x upcast). Rounding
     # dz to bfloat16 first was measured up to 100% off on small entries of d input, where the
     # sum over classes cancels; the forward matmul keeps the half operands.
-    wc, xcc = (w, xc) if w.dtype == ct else (w.astype(ct), xc.astype(ct))
-    out["dx"] = _mm(dz, wc, ((1,), (0 if vd else 1,)))  # dz w^T, in ct until the end
+    w_ct, x_ct = (w, x_chunk) if w.dtype == ct else (w.astype(ct), x_chunk.astype(ct))
+    out["dx"] = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))  # dz w^T, in ct
     dw, db, dweight = carry
-    dw = dw + (_mm(dz, xcc, ((0,), (0,))) if vd else _mm(xcc, dz, ((0,), (0,))))  # x^T dz
+    dw = dw + (_mm(dz, x_ct, ((0,), (0,))) if static.vocab_first
+               else _mm(x_ct, dz, ((0,), (0,))))  # x^T dz
     db = None if db is None else db + jnp.sum(dz, axis=0)
     if dweight is not None:
-      dweight = dweight + _dweight(z, m, log_s, lc, kept, r, eps, v)
+      dweight = dweight + _chunk_dweight(z, m, log_s, terms, eps)
     return (dw, db, dweight), out
 
   init = None
@@ -209,81 +219,69 @@ def _scan(x, w, b, labels, weight, *, ignore_index, eps, chunk, vd, row_scale=No
   return carry, out
 
 
-def _mean_denominator(labels, weight, ignore_index, v, ct):
+def _mean_denominator(labels, weight, static, v, ct):
   """cross_entropy's divisor for ``reduction="mean"`` (N, or the kept rows' summed weights)."""
-  return _denominator(_label_weights(labels, weight, ignore_index, v, ct)[0], weight, ignore_index)
+  ignore_index = static.loss.ignore_index
+  return xent.denominator(xent.label_weights(labels, weight, ignore_index, v, ct)[0], weight,
+                          ignore_index)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
-def _lce(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode):
-  _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd,
-                 mode=mode)
-  v = w.shape[0 if vd else 1]
-  return _reduce(out["losses"], _mean_denominator(labels, weight, ignore_index, v,
-                                                  checks.compute_dtype(x.dtype)),
-                 reduction).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lce(x, w, b, labels, weight, static):
+  _, out = _scan(x, w, b, labels, weight, static)
+  v = w.shape[0 if static.vocab_first else 1]
+  denominator = _mean_denominator(labels, weight, static, v, checks.compute_dtype(x.dtype))
+  return xent.reduce(out["losses"], denominator, static.loss.reduction).astype(x.dtype)
 
 
-def _lce_fwd(x, w, b, labels, weight, ignore_index, eps, reduction, chunk, vd, mode):
-  v = w.shape[0 if vd else 1]
+def _lce_fwd(x, w, b, labels, weight, static):
+  v = w.shape[0 if static.vocab_first else 1]
   ct = checks.compute_dtype(x.dtype)
-  denominator = _mean_denominator(labels, weight, ignore_index, v, ct)
+  reduction = static.loss.reduction
+  denominator = _mean_denominator(labels, weight, static, v, ct)
   if reduction == "none":  # per-row cotangents: the backward recomputes from (m, log_s)
-    _, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
-                   vd=vd, mode=mode)
+    _, out = _scan(x, w, b, labels, weight, static)
     loss = out["losses"].astype(x.dtype)
     return loss, (x, w, b, labels, weight, out["m"], out["log_s"], denominator, loss)
   scale = jnp.full(labels.shape, 1.0, ct) if reduction == "sum" else jnp.full(
       labels.shape, 1.0 / denominator, ct)
-  grads, out = _scan(x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk,
-                     vd=vd, row_scale=scale, mode=mode)
-  loss = _reduce(out["losses"], denominator, reduction).astype(x.dtype)
+  grads, out = _scan(x, w, b, labels, weight, static, row_scale=scale)
+  loss = xent.reduce(out["losses"], denominator, reduction).astype(x.dtype)
   return loss, (out["dx"], grads, labels, weight, denominator, loss)
 
 
-def _weight_grad_finish(dweight, g, labels, weight, ignore_index, denominator, loss, reduction, v):
-  if reduction == "mean":  # the denominator sum_n w[y_n] depends on the weight too
-    ct = dweight.dtype
-    _, kept = _label_weights(labels, weight, ignore_index, v, ct)
-    counts = _per_class(labels, kept.astype(ct), v)
-    dweight = dweight - (g * loss.astype(ct) / denominator) * counts
-  return dweight.astype(weight.dtype)
-
-
-def _lce_bwd(ignore_index, eps, reduction, chunk, vd, mode, res, g):
-  if reduction == "none":
+def _lce_bwd(static, res, g):
+  if static.loss.reduction == "none":
     x, w, b, labels, weight, m, log_s, denominator, loss = res
-    (dw, db, dweight), out = _scan(
-        x, w, b, labels, weight, ignore_index=ignore_index, eps=eps, chunk=chunk, vd=vd,
-        row_scale=g.astype(m.dtype), stats=(m, log_s), mode=mode)
+    (dw, db, dweight), out = _scan(x, w, b, labels, weight, static, row_scale=g.astype(m.dtype),
+                                   stats=(m, log_s))
     dweight = None if weight is None else dweight.astype(weight.dtype)
     return (out["dx"].astype(x.dtype), dw.astype(w.dtype),
             None if b is None else db.astype(b.dtype), None, dweight)
   dx, (dw, db, dweight), labels, weight, denominator, loss = res
   dtype = g.dtype  # x, w and bias share the loss's dtype
-  g32 = g.astype(dw.dtype)  # the compute dtype
-  v = dw.shape[0 if vd else 1]
+  g_ct = g.astype(dw.dtype)  # the compute dtype
   if dweight is not None:
-    dweight = _weight_grad_finish(g32 * dweight, g32, labels, weight, ignore_index, denominator,
-                                  loss, reduction, v)
-  return ((g32 * dx).astype(dtype), (g32 * dw).astype(dtype),
-          None if db is None else (g32 * db).astype(dtype), None, dweight)
+    kept = xent.label_weights(labels, weight, static.loss.ignore_index, dweight.shape[0],
+                              dweight.dtype)[1]
+    dweight = xent.finish_class_weight_grad(g_ct * dweight, g_ct, loss, denominator, labels, kept,
+                                            static.loss.reduction, weight.dtype)
+  return ((g_ct * dx).astype(dtype), (g_ct * dw).astype(dtype),
+          None if db is None else (g_ct * db).astype(dtype), None, dweight)
 
 
 _lce.defvjp(_lce_fwd, _lce_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "label_smoothing", "reduction",
-                                             "chunk_size", "vd", "checked", "mode"))
-def _linear_cross_entropy(x, w, labels, bias, weight, *, ignore_index, label_smoothing, reduction,
-                          chunk_size, vd=False, checked=False, mode="xla"):
+@functools.partial(jax.jit, static_argnames=("static", "checked"))
+def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked):
   if checked:
-    checks.check_labels_traced(labels, w.shape[0 if vd else 1], ignore_index,
-                                "linear_cross_entropy")
+    checks.check_labels_traced(labels, w.shape[0 if static.vocab_first else 1],
+                               static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
   out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
-             ignore_index, label_smoothing, reduction, chunk_size, vd, mode)
-  return out.reshape(batch) if reduction == "none" else out
+             static)
+  return out.reshape(batch) if static.loss.reduction == "none" else out
 
 
 def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
@@ -333,61 +331,71 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     >>> jaxsoftmax.linear_cross_entropy(x, w, jnp.array([0, 1, 2, 3])).round(4)
     Array(1.6094, dtype=float32)
   """
-  return _validated_call("linear_cross_entropy", ("x", "w", "labels", "bias"), x, w, labels, bias,
-                         weight, ignore_index, label_smoothing, reduction, chunk_size, vd=False,
-                         checked=checked, implementation=implementation)
+  return validated_call(
+      "linear_cross_entropy", ArgNames("x", "w", "labels", "bias"), x, w, labels, bias=bias,
+      weight=weight, options=LossOptions(ignore_index, label_smoothing, reduction),
+      chunk_size=chunk_size, vocab_first=False, checked=checked, implementation=implementation)
 
 
-def _validated_call(op, names, x, w, labels, bias, weight, ignore_index, label_smoothing, reduction,
-                    chunk_size, *, vd, checked=False, implementation=None):
-  """Validation shared by the core API and torch's mirror (which names the arguments its way and
-  passes torch's (V, D) weight with ``vd=True``)."""
-  xn, wn, ln, bn = names
-  x = checks.as_float_array(x, xn, op)
-  w = checks.as_float_array(w, wn, op)
+class ArgNames(NamedTuple):
+  """How a caller names the arguments in its error messages (the core's, or torch's)."""
+
+  x: str
+  w: str
+  labels: str
+  bias: str
+
+
+def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, options: LossOptions,
+                   chunk_size, vocab_first: bool, checked: bool = False, implementation=None):
+  """Validates and runs linear cross-entropy for the core API and torch's mirror (which names the
+  arguments its way and passes torch's ``[V, D]`` weight with ``vocab_first=True``)."""
+  x = checks.as_float_array(x, names.x, op)
+  w = checks.as_float_array(w, names.w, op)
   if x.ndim < 1:
-    raise ArgumentError(f"{op}: {xn} must have a feature axis [..., D]; got a 0-d array.")
-  layout = "[V, D]" if vd else "[D, V]"
+    raise ArgumentError(f"{op}: {names.x} must have a feature axis [..., D]; got a 0-d array.")
+  layout = "[V, D]" if vocab_first else "[D, V]"
   if w.ndim != 2:
-    raise ArgumentError(f"{op}: {wn} must be a 2-d {layout} matrix; got shape {w.shape}.")
+    raise ArgumentError(f"{op}: {names.w} must be a 2-d {layout} matrix; got shape {w.shape}.")
   if x.dtype != w.dtype:
-    raise DTypeError(f"{op}: {xn} and {wn} must have the same dtype; got {xn} {x.dtype} and {wn} "
-                     f"{w.dtype}.")
-  d, v = (w.shape[1], w.shape[0]) if vd else w.shape
+    raise DTypeError(f"{op}: {names.x} and {names.w} must have the same dtype; got {names.x} "
+                     f"{x.dtype} and {names.w} {w.dtype}.")
+  d, v = (w.shape[1], w.shape[0]) if vocab_first else w.shape
   if x.shape[-1] != d:
-    raise ArgumentError(f"{op}: {xn}'s feature size {x.shape[-1]} ({xn} of shape {x.shape}) must "
-                        f"equal the D of {wn} {layout} (shape {w.shape}).")
+    raise ArgumentError(f"{op}: {names.x}'s feature size {x.shape[-1]} ({names.x} of shape "
+                        f"{x.shape}) must equal the D of {names.w} {layout} (shape {w.shape}).")
   if v == 0:
-    raise IndexError(f"{op}: {wn} of shape {w.shape} has no classes.")
+    raise IndexError(f"{op}: {names.w} of shape {w.shape} has no classes.")
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise DTypeError(f"{op}: {ln} must be integer class indices; got dtype {labels.dtype}.")
+    raise DTypeError(f"{op}: {names.labels} must be integer class indices; got dtype "
+                     f"{labels.dtype}.")
   if labels.shape != x.shape[:-1]:
-    raise ArgumentError(f"{op}: {ln} must have {xn}'s shape without the feature axis: expected "
-                        f"{x.shape[:-1]}, got {labels.shape} ({xn} of shape {x.shape}).")
+    raise ArgumentError(f"{op}: {names.labels} must have {names.x}'s shape without the feature "
+                        f"axis: expected {x.shape[:-1]}, got {labels.shape} ({names.x} of shape "
+                        f"{x.shape}).")
   if bias is not None:
-    bias = checks.as_float_array(bias, bn, op)
+    bias = checks.as_float_array(bias, names.bias, op)
     if bias.shape != (v,):
-      raise ArgumentError(f"{op}: {bn} must have shape ({v},) to match {wn} of shape {w.shape}; "
-                          f"got {bias.shape}.")
+      raise ArgumentError(f"{op}: {names.bias} must have shape ({v},) to match {names.w} of shape "
+                          f"{w.shape}; got {bias.shape}.")
     if bias.dtype != x.dtype:
-      raise DTypeError(f"{op}: {bn} must have {xn}'s dtype {x.dtype}; got {bias.dtype}.")
+      raise DTypeError(f"{op}: {names.bias} must have {names.x}'s dtype {x.dtype}; got "
+                       f"{bias.dtype}.")
   weight = checks.check_weight(weight, v, op)
-  reduction = checks.check_reduction(reduction)
-  ignore_index = checks.check_ignore_index(ignore_index)
-  label_smoothing = checks.check_label_smoothing(label_smoothing)
-  checks.check_labels_in_range(labels, v, ignore_index, op)
+  options = LossOptions(checks.check_ignore_index(options.ignore_index),
+                        checks.check_label_smoothing(options.label_smoothing),
+                        checks.check_reduction(options.reduction))
+  checks.check_labels_in_range(labels, v, options.ignore_index, op)
   n = labels.size
-  kernels.check(implementation, op)
+  dispatch.check(implementation, op)
   if chunk_size is None:
     chunk_size = default_chunk_size(n, v)
   elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ArgumentError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}.")
-  mode = kernels.choose(implementation, op, kernels.unsupported(x.dtype, last_axis=True,
-                                                                  empty=n == 0),
-                         rows=min(chunk_size, n), n=v)  # the kernel sees one chunk at a time
-  return _linear_cross_entropy(x, w, labels, bias, weight, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, reduction=reduction,
-                               chunk_size=max(1, min(chunk_size, max(n, 1))), vd=vd,
-                               checked=bool(checked) and not checks.is_concrete(labels),
-                               mode=mode)
+  backend = dispatch.resolve(implementation, dispatch.KernelCall(
+      op, x.dtype, last_axis=True, rows=min(chunk_size, n), n=v,  # the kernel sees one chunk
+      empty=n == 0))
+  static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend)
+  return _linear_cross_entropy(x, w, labels, bias, weight, static=static,
+                               checked=bool(checked) and not checks.is_concrete(labels))

@@ -28,271 +28,176 @@ is exact (torch refuses to differentiate it); XLA drops its computation when it 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxsoftmax._src import checks, kernels
+from jaxsoftmax._src import checks, dispatch, kernels, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
-__all__ = ["cross_entropy", "nll_loss"]
+__all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """The static options of a cross-entropy loss (hashable: a jit and custom_vjp static argument)."""
+
+  ignore_index: int | None = None
+  label_smoothing: float = 0.0
+  reduction: str = "mean"
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers shared by both losses. They address the class axis where it is: no transposes.
+# cross_entropy with integer labels, XLA backend. Residuals: the exponentials exp(x - m) (the one
+# logits-sized array: the backward needs no exp of its own), row-sized m, their row sums and
+# lsm[y]. The logits themselves are kept only for the exact weight gradient under label
+# smoothing, which needs every lsm[c].
 
 
-def _at_labels(labels, axis):
-  """Index tuple addressing ``x[..., labels, ...]`` (class axis ``axis``) for every example.
-
-  Gathering and scattering through it touches one element per example; a one-hot
-  ``iota == label`` mask instead makes XLA:CPU materialise logits-sized arrays (measured).
-  """
-  index = list(jnp.indices(labels.shape, sparse=True))  # one index per batch axis
-  index.insert(axis, labels)
-  return tuple(index)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _ce_labels_xla(x, labels, weight, axis, opts):
+  return _ce_labels_xla_fwd(x, labels, weight, axis, opts)[0]
 
 
-def _gather(x, labels, num_classes, axis):
-  """``x`` at each example's label (labels clipped into range; callers mask what is invalid)."""
-  if x.size == 0:
-    return jnp.zeros(labels.shape, x.dtype)
-  index = _at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
-  return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
-
-
-def _scatter_add(base, labels, values, num_classes, axis):
-  """``base`` plus ``values`` at each example's label.
-
-  Labels are clipped into range, so an out-of-range label's value (NaN, by _label_weights) lands
-  in its own row instead of vanishing: under jit its gradient is NaN, like its loss. Ignored
-  examples must carry a value of 0.
-  """
-  index = _at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
-  return base.at[index].add(values, mode="promise_in_bounds", wrap_negative_indices=False)
-
-
-def _per_class(labels, values, num_classes):
-  """Sum of ``values`` over examples, binned by (clipped) label: a bincount, as for _scatter_add."""
-  index = jnp.clip(labels.reshape(-1), 0, num_classes - 1)
-  return jnp.zeros(num_classes, values.dtype).at[index].add(
-      values.reshape(-1), mode="promise_in_bounds", wrap_negative_indices=False)
-
-
-def _label_weights(labels, weight, ignore_index, num_classes, ct):
-  """Per-example weight ``w[y_n]``: 0 where ignored, NaN where the label is out of range."""
-  kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-  in_range = (labels >= 0) & (labels < num_classes)
-  if weight is None:
-    w_y = jnp.ones(labels.shape, ct)
-  else:
-    w_y = jnp.take(weight.astype(ct), jnp.clip(labels, 0, max(num_classes - 1, 0)), axis=0)
-  w_y = jnp.where(in_range, w_y, jnp.nan)  # out of range under jit: loud NaN, never a silent 0
-  return jnp.where(kept, w_y, 0.0), kept
-
-
-def _denominator(w_y, weight, ignore_index):
-  """The mean's divisor: sum_n w[y_n] over kept examples; simply N when all count with weight 1.
-
-  (An out-of-range label makes its w_y NaN, so its loss, and the mean, are NaN either way.)
-  """
-  if weight is None and ignore_index is None:
-    return jnp.asarray(w_y.size, w_y.dtype)
-  return jnp.sum(w_y)
-
-
-def _reduce(losses, denominator, reduction):
-  if reduction == "none":
-    return losses
-  # Finish the per-example losses first, then sum them. Left to itself XLA merges the class-axis
-  # and batch sums into one flat float32 reduction, whose order was measured 19 ulps off on 180
-  # equal terms (found by `make fuzz`); torch accumulates such sums in double or by cascade.
-  total = jnp.sum(lax.optimization_barrier(losses))
-  return total if reduction == "sum" else total / denominator
-
-
-def _row_cotangent(g, losses_shape, denominator, reduction):
-  """dL/dl_n for each example: g (none), g (sum) or g / denominator (mean), broadcast."""
-  if reduction == "none":
-    return g
-  scale = g if reduction == "sum" else g / denominator
-  return jnp.broadcast_to(scale, losses_shape)
-
-
-def _neg_log_softmax(xc, m, total):
-  """-log_softmax from the row max and the sum of exp(x - m), without cancellation."""
-  return jnp.log(total) - (xc - m)
-
-
-def _weight_broadcast(weight, ndim, axis, ct):
-  shape = [1] * ndim
-  shape[axis] = -1
-  return weight.astype(ct).reshape(shape)
-
-
-# ----------------------------------------------------------------------------------------------
-# cross_entropy with integer labels.
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _ce_labels(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode):
-  if mode != "xla":  # the primal alone: no gradient to form
-    return _ce_kernel_fwd(x, labels, weight, ignore_index, label_smoothing, reduction, mode,
-                          grad=False)[0]
-  return _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode)[0]
-
-
-def _ce_coefficients(row_g, w_y, total_w, eps, num_classes):
-  """The row kernel's (alpha, beta, gamma): d l_n / d x_c = alpha p_c - beta w_c - gamma [c = y]."""
-  a = (1.0 - eps) * w_y + (eps / num_classes) * total_w
-  return row_g * a, row_g * (eps / num_classes), row_g * (1.0 - eps) * w_y
-
-
-def _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, stats=(), *, mode, grad,
-                   dx_dtype=None):
-  """The cross-entropy row kernel on ``[rows, classes]`` logits, its per-row coefficients formed
-  from the row cotangents ``row_g``; also the chunk step of linear_cross_entropy."""
-  num_classes = x2.shape[1]
-  coefs = [c[:, None] for c in _ce_coefficients(row_g, w_y, total_w, eps, num_classes)]
-  lab = jnp.clip(flat, 0, num_classes - 1).astype(jnp.int32)[:, None]
-  w = None if weight is None else weight.astype(jnp.float32)[None, :]
-  return kernels.ce(x2, lab, *coefs, w, *stats, mode=mode, grad=grad, smooth=eps > 0.0,
-                     dx_dtype=dx_dtype)
-
-
-def _ce_row_losses(m, s, x_y, swx, w_y, kept, total_w, eps, num_classes):
-  """Per-row losses from the kernel's statistics; also returns ``lsm[y]`` and ``log s``."""
-  log_s = jnp.log(s[:, 0])
-  lsm_y = (x_y[:, 0] - m[:, 0]) - log_s  # (x - m) - log s: no cancellation at large logits
+def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
+  ct = checks.compute_dtype(x.dtype)
+  num_classes, eps = x.shape[axis], opts.label_smoothing
+  xc = x.astype(ct)
+  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
+  e = jnp.exp(xc - m)
+  total = jnp.sum(e, axis=axis, keepdims=True)
+  w_y, kept = xent.label_weights(labels, weight, opts.ignore_index, num_classes, ct)
+  # lsm = (x - m) - log(total), in that order: forming m + log(total) first would round the
+  # log-sum-exp at the magnitude of the logits (x = [1e4, 1e4] gave 0.69336, not log 2).
+  lsm_y = (xent.gather(xc, labels, num_classes, axis) - jnp.squeeze(m, axis)) - jnp.squeeze(
+      jnp.log(total), axis)
   losses = -w_y * lsm_y
   if eps > 0.0:
-    losses = (1.0 - eps) * losses + (eps / num_classes) * (total_w * log_s - swx[:, 0])
-  return jnp.where(kept, losses, 0.0), lsm_y, log_s
+    neg_lsm = xent.neg_log_softmax(xc, m, total)
+    if weight is not None:
+      neg_lsm = neg_lsm * xent.weight_along(weight, x.ndim, axis, ct)
+    losses = (1.0 - eps) * losses + (eps / num_classes) * jnp.sum(neg_lsm, axis=axis)
+  losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
+  denominator = xent.denominator(w_y, weight, opts.ignore_index)
+  out = xent.reduce(losses, denominator, opts.reduction).astype(x.dtype)
+  keep_x = x if (weight is not None and eps > 0.0) else None
+  return out, (e, total, m, lsm_y, labels, weight, denominator, out, keep_x)
 
 
-def _ce_kernel_fwd(x, labels, weight, ignore_index, eps, reduction, mode, *, grad):
-  """cross_entropy through the row kernel (class axis last). With ``grad`` (mean and sum only)
-  the gradient for a unit cotangent is formed in the same pass over the logits, Liger-style;
-  the backward then only scales it."""
+def _ce_labels_xla_bwd(axis, opts, res, g):
+  e, total, m, lsm_y, labels, weight, denominator, out, x = res
+  ct = e.dtype
+  num_classes, eps = e.shape[axis], opts.label_smoothing
+  w_y, kept = xent.label_weights(labels, weight, opts.ignore_index, num_classes, ct)
+  row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), labels.shape, denominator,
+                                             opts.reduction), 0.0)
+  alpha, beta, gamma = xent.smoothing_coefficients(
+      row_g, w_y, xent.total_weight(weight, num_classes, ct), eps, num_classes)
+  # A dense part, then one scattered value per example: no one-hot matrix in memory.
+  dx = jnp.expand_dims(alpha, axis) * (e / total)
+  if eps > 0.0:
+    w_c = 1.0 if weight is None else xent.weight_along(weight, e.ndim, axis, ct)
+    dx = dx - jnp.expand_dims(beta, axis) * w_c
+  dx = xent.scatter_add(dx, labels, -gamma, num_classes, axis)
+  dweight = None
+  if weight is not None:
+    # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
+    # where(kept, ...): an ignored row may have lsm_y = -inf, and 0 * inf would be NaN.
+    dweight = xent.per_class(labels, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0),
+                             num_classes)
+    if eps > 0.0:
+      others = tuple(i for i in range(e.ndim) if i != axis)
+      dweight = dweight + (eps / num_classes) * jnp.sum(
+          jnp.expand_dims(row_g, axis) * xent.neg_log_softmax(x.astype(ct), m, total), axis=others)
+    dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, labels, kept,
+                                            opts.reduction, weight.dtype)
+  return dx.astype(g.dtype), None, dweight
+
+
+_ce_labels_xla.defvjp(_ce_labels_xla_fwd, _ce_labels_xla_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# cross_entropy with integer labels, kernel backend (class axis last). With mean or sum the
+# gradient for a unit cotangent is formed in the same pass over the logits, Liger-style, and the
+# backward only scales it; with "none" each row has its own cotangent, so the backward runs the
+# kernel again from the saved row statistics.
+
+
+def ce_row_kernel(x2, labels, weight, row_g, w_y, total_w, eps, stats=(), *, interpret, grad,
+                  dx_dtype=None):
+  """The cross-entropy row kernel on ``[rows, classes]`` logits, its per-row coefficients formed
+  from the row cotangents ``row_g``; also the chunk step of linear_cross_entropy. Returns
+  ``(m, s, x_y, smooth_sum, dx | None)``, the statistics as ``[rows, 1]``."""
+  num_classes = x2.shape[1]
+  coefficients = [c[:, None] for c in xent.smoothing_coefficients(row_g, w_y, total_w, eps,
+                                                                   num_classes)]
+  lab = jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32)[:, None]
+  w = None if weight is None else weight.astype(jnp.float32)[None, :]
+  return kernels.ce(x2, lab, *coefficients, w, *stats, interpret=interpret, grad=grad,
+                    smooth=eps > 0.0, dx_dtype=dx_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _ce_labels_kernel(x, labels, weight, opts, interpret):
+  return _ce_labels_kernel_fwd(x, labels, weight, opts, interpret, grad=False)[0]
+
+
+def _ce_labels_kernel_fwd(x, labels, weight, opts, interpret, *, grad=None):
   ct = jnp.float32
-  num_classes = x.shape[-1]
+  grad = opts.reduction != "none" if grad is None else grad
+  num_classes, eps = x.shape[-1], opts.label_smoothing
   x2 = x.reshape(-1, num_classes)
   flat = labels.reshape(-1)
-  w_y, kept = _label_weights(flat, weight, ignore_index, num_classes, ct)
-  denominator = _denominator(w_y, weight, ignore_index)
-  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
-  scale = 1.0 if reduction != "mean" else 1.0 / denominator
+  w_y, kept = xent.label_weights(flat, weight, opts.ignore_index, num_classes, ct)
+  denominator = xent.denominator(w_y, weight, opts.ignore_index)
+  total_w = xent.total_weight(weight, num_classes, ct)
+  scale = 1.0 if opts.reduction != "mean" else 1.0 / denominator
   row_g = jnp.where(kept, scale, 0.0)
   # The unit-cotangent gradient is kept in x's dtype (bfloat16 has float32's range), except for
   # float16: there p / N underflows (1/V/N < 6e-8 at V=32768, N=8192) before a loss-scaling
   # cotangent could bring it back, so it is kept in float32.
   dz_dtype = jnp.float32 if x.dtype == jnp.float16 else x.dtype
-  m, s, x_y, swx, dz = _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, mode=mode,
-                                      grad=grad, dx_dtype=dz_dtype)
-  losses, lsm_y, _ = _ce_row_losses(m, s, x_y, swx, w_y, kept, total_w, eps, num_classes)
-  out = _reduce(losses.reshape(labels.shape), denominator, reduction).astype(x.dtype)
+  m, s, x_y, smooth_sum, dz = ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps,
+                                            interpret=interpret, grad=grad, dx_dtype=dz_dtype)
+  log_s = jnp.log(s[:, 0])
+  losses = xent.losses_from_stats(m[:, 0], log_s, x_y[:, 0], smooth_sum[:, 0], w_y, kept,
+                                  total_w, eps, num_classes)
+  lsm_y = (x_y[:, 0] - m[:, 0]) - log_s
+  out = xent.reduce(losses.reshape(labels.shape), denominator, opts.reduction).astype(x.dtype)
   keep_x = x2 if (weight is not None and eps > 0.0) or dz is None else None
   return out, (dz, keep_x, m, s, lsm_y, labels, weight, denominator, out)
 
 
-def _ce_kernel_bwd(ignore_index, eps, reduction, mode, res, g):
+def _ce_labels_kernel_bwd(opts, interpret, res, g):
   dz, x2, m, s, lsm_y, labels, weight, denominator, out = res
   ct = jnp.float32
-  num_classes = (dz if dz is not None else x2).shape[1]
+  num_classes, eps = (dz if dz is not None else x2).shape[1], opts.label_smoothing
   flat = labels.reshape(-1)
-  w_y, kept = _label_weights(flat, weight, ignore_index, num_classes, ct)
-  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
+  w_y, kept = xent.label_weights(flat, weight, opts.ignore_index, num_classes, ct)
   g32 = g.astype(ct)
   if dz is not None:  # mean / sum: the forward's gradient, scaled
     dx = (g32 * dz.astype(ct)).astype(g.dtype)
-    row_g = jnp.where(kept, _row_cotangent(g32, flat.shape, denominator, reduction), 0.0)
+    row_g = jnp.where(kept, xent.row_cotangent(g32, flat.shape, denominator, opts.reduction), 0.0)
   else:  # none: one cotangent per row, so the gradient is formed now from the saved statistics
     row_g = jnp.where(kept, g32.reshape(-1), 0.0)
-    dx = _ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, (m, s), mode=mode,
-                        grad=True)[4]
+    dx = ce_row_kernel(x2, flat, weight, row_g, w_y, xent.total_weight(weight, num_classes, ct),
+                       eps, (m, s), interpret=interpret, grad=True)[4]
   dx = dx.reshape(labels.shape + (num_classes,))
   dweight = None
   if weight is not None:
-    dweight = _per_class(flat, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
+    dweight = xent.per_class(flat, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
     if eps > 0.0:
       neg_lsm = jnp.log(s) - (x2.astype(ct) - m)
       dweight = dweight + (eps / num_classes) * jnp.sum(row_g[:, None] * neg_lsm, axis=0)
-    if reduction == "mean":
-      counts = _per_class(flat, kept.astype(ct), num_classes)
-      dweight = dweight - (g32 * out.astype(ct) / denominator) * counts
-    dweight = dweight.astype(weight.dtype)
+    dweight = xent.finish_class_weight_grad(dweight, g32, out, denominator, flat, kept,
+                                            opts.reduction, weight.dtype)
   return dx, None, dweight
 
 
-def _ce_labels_fwd(x, labels, weight, axis, ignore_index, label_smoothing, reduction, mode):
-  if mode != "xla":
-    return _ce_kernel_fwd(x, labels, weight, ignore_index, label_smoothing, reduction, mode,
-                          grad=reduction != "none")
-  ct = checks.compute_dtype(x.dtype)
-  num_classes = x.shape[axis]
-  xc = x.astype(ct)
-  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
-  e = jnp.exp(xc - m)
-  total = jnp.sum(e, axis=axis, keepdims=True)
-  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  # lsm = (x - m) - log(total), in that order: forming m + log(total) first would round the
-  # log-sum-exp at the magnitude of the logits (x = [1e4, 1e4] gave 0.69336, not log 2).
-  lsm_y = (_gather(xc, labels, num_classes, axis) - jnp.squeeze(m, axis)) - jnp.squeeze(
-      jnp.log(total), axis)
-  losses = -w_y * lsm_y
-  if label_smoothing > 0.0:
-    neg_lsm = _neg_log_softmax(xc, m, total)
-    if weight is not None:
-      neg_lsm = neg_lsm * _weight_broadcast(weight, x.ndim, axis, ct)
-    losses = ((1.0 - label_smoothing) * losses
-              + (label_smoothing / num_classes) * jnp.sum(neg_lsm, axis=axis))
-  losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
-  denominator = _denominator(w_y, weight, ignore_index)
-  out = _reduce(losses, denominator, reduction).astype(x.dtype)
-  # Residuals: the exponentials exp(x - m) (the one logits-sized array: the backward needs no exp
-  # of its own), row-sized m, their row sums and lsm[y]. The logits themselves are kept only for
-  # the exact weight gradient under label smoothing, which needs every lsm[c].
-  keep_x = x if (weight is not None and label_smoothing > 0.0) else None
-  return out, (e, total, m, lsm_y, labels, weight, denominator, out, keep_x)
-
-
-def _ce_labels_bwd(axis, ignore_index, label_smoothing, reduction, mode, res, g):
-  if mode != "xla":
-    return _ce_kernel_bwd(ignore_index, label_smoothing, reduction, mode, res, g)
-  e, total, m, lsm_y, labels, weight, denominator, out, x = res
-  ct = e.dtype
-  num_classes = e.shape[axis]
-  eps = label_smoothing
-  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
-  total_w = float(num_classes) if weight is None else jnp.sum(weight.astype(ct))
-  # d l_n / d x_c = a_n p_c - b_{n,c} with a_n = (1-eps) w_y + eps/C sum(w) and
-  # b = (1-eps) w_y [c = y] + eps/C w_c: a dense part, then one scattered value per example.
-  a = (1.0 - eps) * w_y + (eps / num_classes) * total_w
-  dx = jnp.expand_dims(row_g * a, axis) * (e / total)
-  if eps > 0.0:
-    w_c = 1.0 if weight is None else _weight_broadcast(weight, e.ndim, axis, ct)
-    dx = dx - jnp.expand_dims(row_g, axis) * ((eps / num_classes) * w_c)
-  dx = _scatter_add(dx, labels, -row_g * (1.0 - eps) * w_y, num_classes, axis)
-  dweight = None
-  if weight is not None:
-    # Exact d/dw (torch refuses to differentiate weight); XLA drops it when nobody asks for it.
-    # where(kept, ...): an ignored row may have lsm_y = -inf, and 0 * inf would be NaN.
-    dweight = _per_class(labels, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
-    if eps > 0.0:
-      others = tuple(i for i in range(e.ndim) if i != axis)
-      dweight = dweight + (eps / num_classes) * jnp.sum(
-          jnp.expand_dims(row_g, axis) * _neg_log_softmax(x.astype(ct), m, total), axis=others)
-    if reduction == "mean":  # the denominator sum_n w[y_n] depends on w too
-      counts = _per_class(labels, kept.astype(ct), num_classes)
-      dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
-    dweight = dweight.astype(weight.dtype)
-  return dx.astype(g.dtype), None, dweight
-
-
-_ce_labels.defvjp(_ce_labels_fwd, _ce_labels_bwd)
+_ce_labels_kernel.defvjp(_ce_labels_kernel_fwd, _ce_labels_kernel_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,11 +224,11 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
   total = jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
   if weight is not None:
-    wt = wt * _weight_broadcast(weight, x.ndim, axis, ct)
+    wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
-  losses = jnp.sum(wt * _neg_log_softmax(xc, m, total), axis=axis)
+  losses = jnp.sum(wt * xent.neg_log_softmax(xc, m, total), axis=axis)
   rows = x.size // num_classes if num_classes else 0
-  out = _reduce(losses, jnp.asarray(rows, ct), reduction).astype(x.dtype)
+  out = xent.reduce(losses, jnp.asarray(rows, ct), reduction).astype(x.dtype)
   return out, (x, targets, weight, m, total)
 
 
@@ -333,13 +238,13 @@ def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   rows = x.size // num_classes if num_classes else 0
-  row_g = _row_cotangent(g.astype(ct), m.shape[:axis] + m.shape[axis + 1:],
-                         jnp.asarray(rows, ct), reduction)
+  row_g = xent.row_cotangent(g.astype(ct), m.shape[:axis] + m.shape[axis + 1:],
+                             jnp.asarray(rows, ct), reduction)
   row_g = jnp.expand_dims(row_g, axis)
   t = _smoothed(targets, label_smoothing, num_classes, ct)
-  w_c = 1.0 if weight is None else _weight_broadcast(weight, x.ndim, axis, ct)
+  w_c = 1.0 if weight is None else xent.weight_along(weight, x.ndim, axis, ct)
   wt = t * w_c
-  neg_lsm = _neg_log_softmax(xc, m, total)
+  neg_lsm = xent.neg_log_softmax(xc, m, total)
   dx = row_g * (jnp.exp(xc - m) / total * jnp.sum(wt, axis=axis, keepdims=True) - wt)
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
   dweight = None
@@ -363,11 +268,11 @@ def _nll(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
 
 def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_classes):
   ct = checks.compute_dtype(log_probs.dtype)
-  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  picked = _gather(log_probs, labels, num_classes, axis).astype(ct)
+  w_y, kept = xent.label_weights(labels, weight, ignore_index, num_classes, ct)
+  picked = xent.gather(log_probs, labels, num_classes, axis).astype(ct)
   losses = jnp.where(kept, -w_y * picked, 0.0)
-  denominator = _denominator(w_y, weight, ignore_index)
-  out = _reduce(losses, denominator, reduction).astype(log_probs.dtype)
+  denominator = xent.denominator(w_y, weight, ignore_index)
+  out = xent.reduce(losses, denominator, reduction).astype(log_probs.dtype)
   return out, (labels, weight, picked, denominator, out)
 
 
@@ -376,17 +281,16 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   dtype = g.dtype  # the loss has the log_probs' dtype
   shape = labels.shape[:axis] + (num_classes,) + labels.shape[axis:]
   ct = checks.compute_dtype(dtype)
-  w_y, kept = _label_weights(labels, weight, ignore_index, num_classes, ct)
-  row_g = jnp.where(kept, _row_cotangent(g.astype(ct), labels.shape, denominator, reduction), 0.0)
-  dlog_probs = _scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
+  w_y, kept = xent.label_weights(labels, weight, ignore_index, num_classes, ct)
+  row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), labels.shape, denominator, reduction),
+                    0.0)
+  dlog_probs = xent.scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
   dlog_probs = dlog_probs.astype(dtype)
   dweight = None
   if weight is not None:
-    dweight = _per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)
-    if reduction == "mean":
-      counts = _per_class(labels, kept.astype(ct), num_classes)
-      dweight = dweight - (g.astype(ct) * out.astype(ct) / denominator) * counts
-    dweight = dweight.astype(weight.dtype)
+    dweight = xent.per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)
+    dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, labels, kept, reduction,
+                                            weight.dtype)
   return dlog_probs, None, dweight
 
 
@@ -423,15 +327,16 @@ def _check_labels(logits, labels, axis, op):
   )
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing",
-                                             "reduction", "indices", "checked", "mode"))
-def _cross_entropy(logits, labels, weight, *, axis, ignore_index, label_smoothing, reduction,
-                   indices, checked=False, mode="xla"):
+@functools.partial(jax.jit, static_argnames=("axis", "opts", "indices", "checked", "backend"))
+def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, backend):
   if checked:
-    checks.check_labels_traced(labels, logits.shape[axis], ignore_index, "cross_entropy")
-  if indices:
-    return _ce_labels(logits, labels, weight, axis, ignore_index, label_smoothing, reduction, mode)
-  return _ce_probs(logits, labels, weight, axis, label_smoothing, reduction)
+    checks.check_labels_traced(labels, logits.shape[axis], opts.ignore_index, "cross_entropy")
+  if not indices:
+    return _ce_probs(logits, labels, weight, axis, opts.label_smoothing, opts.reduction)
+  if backend is dispatch.Backend.XLA:
+    return _ce_labels_xla(logits, labels, weight, axis, opts)
+  return _ce_labels_kernel(logits, labels, weight, opts,
+                           backend is dispatch.Backend.PALLAS_INTERPRET)
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked"))
@@ -512,16 +417,14 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
-  kernels.check(implementation, op)
-  reason = kernels.unsupported(logits.dtype, last_axis=axis == logits.ndim - 1,
-                                empty=logits.size == 0)
-  if reason is None and not indices:
-    reason = "takes integer labels only (probability targets use 'xla')"
-  return _cross_entropy(logits, labels, weight, axis=axis, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing, reduction=reduction, indices=indices,
-                        checked=bool(checked) and indices and not checks.is_concrete(labels),
-                        mode=kernels.choose(implementation, op, reason,
-                                             rows=labels.size, n=logits.shape[axis]))
+  backend = dispatch.resolve(implementation, dispatch.KernelCall(
+      op, logits.dtype, last_axis=axis == logits.ndim - 1, rows=labels.size,
+      n=logits.shape[axis], empty=logits.size == 0,
+      other=None if indices else "takes integer labels only (probability targets use 'xla')"))
+  return _cross_entropy(logits, labels, weight, axis=axis,
+                        opts=LossOptions(ignore_index, label_smoothing, reduction),
+                        indices=indices, backend=backend,
+                        checked=bool(checked) and indices and not checks.is_concrete(labels))
 
 
 def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,

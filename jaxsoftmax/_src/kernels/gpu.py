@@ -21,6 +21,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jaxsoftmax._src.kernels import online
 from jaxsoftmax._src.kernels.reference import F32, scaled
 
 # Columns held in registers at once. Liger-Kernel fuses rows up to 65536 columns with 32 warps
@@ -28,7 +29,6 @@ from jaxsoftmax._src.kernels.reference import F32, scaled
 # 256 KiB register file with room to spare, and the two-pass kernel takes over.
 ONE_PASS_MAX = 65536
 BLOCK_N = 4096  # column block of the two-pass kernels
-_NEG_INF = -jnp.inf
 
 
 def plan(n: int, one_pass_max: int | None = None) -> tuple[int, int, int, int]:
@@ -84,7 +84,7 @@ class _Tiles:
 
 def _masked_scaled(t, x, j, negate, temperature):
   """Scaled logits of a tile, -inf outside the array (so they add nothing to max or sum)."""
-  return jnp.where(t.mask(j), scaled(x, negate, temperature), _NEG_INF)
+  return jnp.where(t.mask(j), scaled(x, negate, temperature), online.NEG_INF)
 
 
 def _online_stats(t, load_scaled, blocks):
@@ -95,16 +95,9 @@ def _online_stats(t, load_scaled, blocks):
     return m, jnp.sum(jnp.exp(xs - m), axis=1, keepdims=True)
 
   def body(j, carry):
-    m, s = carry
-    xs = load_scaled(j)
-    m_new = jnp.maximum(m, jnp.max(xs, axis=1, keepdims=True))
-    # While every entry so far is -inf, m_new - m is NaN; the running sum is then exactly 0.
-    finite = m_new > _NEG_INF
-    rescale = jnp.where(finite, jnp.exp(m - m_new), 0.0)
-    block = jnp.where(finite, jnp.sum(jnp.exp(xs - m_new), axis=1, keepdims=True), 0.0)
-    return m_new, s * rescale + block
+    return online.update(*carry, load_scaled(j))
 
-  init = (jnp.full((t.br, 1), _NEG_INF, F32), jnp.zeros((t.br, 1), F32))
+  init = (jnp.full((t.br, 1), online.NEG_INF, F32), jnp.zeros((t.br, 1), F32))
   return lax.fori_loop(0, blocks, body, init)
 
 
@@ -215,7 +208,7 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
   dx_ref = refs[pos + 4] if grad else None
   t = _Tiles(rows, n, br, bn)
   labels = t.load_row(lab_ref, 0)
-  load_x = lambda j: jnp.where(t.mask(j), t.load(x_ref, j).astype(F32), _NEG_INF)
+  load_x = lambda j: jnp.where(t.mask(j), t.load(x_ref, j).astype(F32), online.NEG_INF)
 
   def label_sum(j, xf):  # x[label] lies in exactly one block
     return jnp.sum(jnp.where(t.cols(j) == labels, xf, 0.0), axis=1, keepdims=True)
@@ -253,14 +246,11 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
       def body(j, carry):
         m, s, x_y = carry
         xf = load_x(j)
-        m_new = jnp.maximum(m, jnp.max(xf, axis=1, keepdims=True))
-        finite = m_new > _NEG_INF
-        rescale = jnp.where(finite, jnp.exp(m - m_new), 0.0)
-        block = jnp.where(finite, jnp.sum(jnp.exp(xf - m_new), axis=1, keepdims=True), 0.0)
-        return m_new, s * rescale + block, x_y + label_sum(j, xf)
+        return *online.update(m, s, xf), x_y + label_sum(j, xf)
 
       zero = jnp.zeros((br, 1), F32)
-      m, s, x_y = lax.fori_loop(0, blocks, body, (jnp.full((br, 1), _NEG_INF, F32), zero, zero))
+      init = (jnp.full((br, 1), online.NEG_INF, F32), zero, zero)
+      m, s, x_y = lax.fori_loop(0, blocks, body, init)
     if smooth or grad:
       swx = lax.fori_loop(0, blocks, lambda j, acc: acc + finish(j, load_x(j), m, s),
                           jnp.zeros((br, 1), F32))

@@ -21,12 +21,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from jaxsoftmax._src.checks import compute_dtype
+
 F32 = jnp.float32
 
 
 def scaled(x, negate: bool, temperature: float):
-  """Upcast, negate (exact) and divide by T (divide, as torch's ``x / T``, not multiply by 1/T)."""
-  xs = x.astype(F32)
+  """Upcast (half to float32), negate (exact, so softmin(x) is softmax(-x) bit for bit) and divide
+  by T (divide, so the scaled logits equal torch's ``x / T`` bit for bit, not multiply by 1/T)."""
+  xs = x.astype(compute_dtype(x.dtype))
   if negate:
     xs = -xs
   return xs if temperature == 1.0 else xs / temperature

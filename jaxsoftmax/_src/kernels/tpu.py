@@ -19,12 +19,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxsoftmax._src.kernels import online
 from jaxsoftmax._src.kernels.reference import F32, scaled
 
 VMEM_BUDGET = 8 * 2**20  # bytes per grid step, in and out double-buffered plus f32 temporaries
 BLOCK_N = 8192  # lanes per column block of the two-pass kernels (a multiple of 128)
 MAX_ROWS = 512
-_NEG_INF = -jnp.inf
 
 
 def plan(rows: int, n: int, itemsize: int, one_pass_max: int | None = None):
@@ -73,13 +73,7 @@ def _fill(mask, v, fill):
 
 def _online_update(m_ref, s_ref, xs):
   """Folds one block into the resident (m, s) outputs: m' = max(m, max x), s' = s e^{m-m'} + ..."""
-  m = m_ref[...]
-  m_new = jnp.maximum(m, jnp.max(xs, axis=1, keepdims=True))
-  finite = m_new > _NEG_INF  # all -inf so far: the sum is exactly 0 (and m - m_new would be NaN)
-  rescale = jnp.where(finite, jnp.exp(m - m_new), 0.0)
-  block = jnp.where(finite, jnp.sum(jnp.exp(xs - m_new), axis=1, keepdims=True), 0.0)
-  s_ref[...] = s_ref[...] * rescale + block
-  m_ref[...] = m_new
+  m_ref[...], s_ref[...] = online.update(m_ref[...], s_ref[...], xs)
 
 
 def _init_at_first_block(*refs_and_values):
@@ -94,9 +88,9 @@ def _init_at_first_block(*refs_and_values):
 
 
 def _stats_kernel(x_ref, m_ref, s_ref, *, n, bn, blocks, negate, temperature):
-  _init_at_first_block((m_ref, _NEG_INF), (s_ref, 0.0))
+  _init_at_first_block((m_ref, online.NEG_INF), (s_ref, 0.0))
   xs = scaled(x_ref[...], negate, temperature)
-  _online_update(m_ref, s_ref, _fill(_col_mask(xs.shape, n, bn, blocks), xs, _NEG_INF))
+  _online_update(m_ref, s_ref, _fill(_col_mask(xs.shape, n, bn, blocks), xs, online.NEG_INF))
 
 
 def _out_kernel(x_ref, m_ref, s_ref, y_ref, *, log, negate, temperature):
@@ -262,14 +256,14 @@ def _ce_stats_kernel(x_ref, lab_ref, *refs, n, bn, blocks, have_stats):
   """Pass 1: (m, s) online (unless given) and x[label], over the column blocks in order."""
   outs = refs[2:] if have_stats else refs
   m_ref, s_ref, xy_ref = outs
-  _init_at_first_block((m_ref, _NEG_INF), (s_ref, 0.0), (xy_ref, 0.0))
+  _init_at_first_block((m_ref, online.NEG_INF), (s_ref, 0.0), (xy_ref, 0.0))
   xf = x_ref[...].astype(F32)
   mask = _col_mask(xf.shape, n, bn, blocks)
   cols = pl.program_id(1) * bn + lax.broadcasted_iota(jnp.int32, xf.shape, 1)
   if have_stats:
     m_ref[...], s_ref[...] = refs[0][...], refs[1][...]
   else:
-    _online_update(m_ref, s_ref, _fill(mask, xf, _NEG_INF))
+    _online_update(m_ref, s_ref, _fill(mask, xf, online.NEG_INF))
   xy_ref[...] += _label_logit(xf, lab_ref[...], cols)
 
 

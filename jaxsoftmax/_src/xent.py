@@ -1,0 +1,152 @@
+"""The cross-entropy arithmetic, written once: label weights, the mean's denominator, reductions,
+label-smoothing coefficients and the class-weight gradient.
+
+``cross_entropy`` and ``nll_loss`` (:mod:`jaxsoftmax._src.losses`), ``linear_cross_entropy``
+(:mod:`jaxsoftmax._src.linear`) and the callers of the cross-entropy row kernel all read these as
+siblings. With per-class weights ``w``, smoothing ``eps``, ``C`` classes, ``W = sum_c w_c`` and a
+row cotangent ``r_n`` (``d loss / d l_n``), the gradient of a row's loss is
+
+.. math:: \\bar x_{n,c} = \\alpha_n\\,p_{n,c} - \\beta_n\\,w_c - \\gamma_n\\,[c = y_n],\\quad
+          \\alpha_n = r_n((1-\\varepsilon) w_{y_n} + \\tfrac{\\varepsilon}{C} W),\\;
+          \\beta_n = r_n \\tfrac{\\varepsilon}{C},\\;
+          \\gamma_n = r_n (1-\\varepsilon) w_{y_n}
+
+and with the row statistics ``m = max x``, ``s = sum exp(x - m)`` and the smoothing sum
+``S = sum_c w_c (x_c - m)`` its loss is
+
+.. math:: l_n = (1-\\varepsilon)\\,w_{y_n}(\\log s - (x_{y_n} - m))
+               + \\tfrac{\\varepsilon}{C}(W \\log s - S).
+
+Labels address the class axis where it is (no transposes); out-of-range labels are clipped for the
+memory access and made NaN through their weight, so under ``jit`` a bad label is loud.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["at_labels", "gather", "scatter_add", "per_class", "label_weights", "denominator",
+           "total_weight", "reduce", "row_cotangent", "neg_log_softmax", "weight_along",
+           "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad"]
+
+
+def at_labels(labels, axis):
+  """Index tuple addressing ``x[..., labels, ...]`` (class axis ``axis``) for every example.
+
+  Gathering and scattering through it touches one element per example; a one-hot
+  ``iota == label`` mask instead makes XLA:CPU materialise logits-sized arrays (measured).
+  """
+  index = list(jnp.indices(labels.shape, sparse=True))  # one index per batch axis
+  index.insert(axis, labels)
+  return tuple(index)
+
+
+def gather(x, labels, num_classes, axis):
+  """``x`` at each example's label (labels clipped into range; callers mask what is invalid)."""
+  if x.size == 0:
+    return jnp.zeros(labels.shape, x.dtype)
+  index = at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
+  return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def scatter_add(base, labels, values, num_classes, axis):
+  """``base`` plus ``values`` at each example's label.
+
+  Labels are clipped into range, so an out-of-range label's value (NaN, by :func:`label_weights`)
+  lands in its own row instead of vanishing: under jit its gradient is NaN, like its loss. Ignored
+  examples must carry a value of 0.
+  """
+  index = at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
+  return base.at[index].add(values, mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def per_class(labels, values, num_classes):
+  """Sum of ``values`` over examples, binned by (clipped) label: a bincount."""
+  index = jnp.clip(labels.reshape(-1), 0, num_classes - 1)
+  return jnp.zeros(num_classes, values.dtype).at[index].add(
+      values.reshape(-1), mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def label_weights(labels, weight, ignore_index, num_classes, dtype):
+  """``(w_y, kept)``: each example's weight ``w[y_n]`` (0 where ignored, NaN where the label is out
+  of range) and whether it counts."""
+  kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+  in_range = (labels >= 0) & (labels < num_classes)
+  if weight is None:
+    w_y = jnp.ones(labels.shape, dtype)
+  else:
+    w_y = jnp.take(weight.astype(dtype), jnp.clip(labels, 0, max(num_classes - 1, 0)), axis=0)
+  w_y = jnp.where(in_range, w_y, jnp.nan)  # out of range under jit: loud NaN, never a silent 0
+  return jnp.where(kept, w_y, 0.0), kept
+
+
+def denominator(w_y, weight, ignore_index):
+  """The mean's divisor: ``sum_n w[y_n]`` over kept examples; simply N when all count with weight
+  1. (An out-of-range label makes its ``w_y`` NaN, so its loss, and the mean, are NaN either way.)
+  """
+  if weight is None and ignore_index is None:
+    return jnp.asarray(w_y.size, w_y.dtype)
+  return jnp.sum(w_y)
+
+
+def total_weight(weight, num_classes, dtype):
+  """``W = sum_c w_c`` (``C`` without class weights)."""
+  return float(num_classes) if weight is None else jnp.sum(weight.astype(dtype))
+
+
+def reduce(losses, denominator, reduction):
+  """``"none"``: the losses; ``"sum"``: their sum; ``"mean"``: the sum over ``denominator``."""
+  if reduction == "none":
+    return losses
+  # Finish the per-example losses first, then sum them. Left to itself XLA merges the class-axis
+  # and batch sums into one flat float32 reduction, whose order was measured 19 ulps off on 180
+  # equal terms (found by `make fuzz`); torch accumulates such sums in double or by cascade.
+  total = jnp.sum(lax.optimization_barrier(losses))
+  return total if reduction == "sum" else total / denominator
+
+
+def row_cotangent(g, losses_shape, denominator, reduction):
+  """``d L / d l_n`` for each example: g (none), g (sum) or g / denominator (mean), broadcast."""
+  if reduction == "none":
+    return g
+  scale = g if reduction == "sum" else g / denominator
+  return jnp.broadcast_to(scale, losses_shape)
+
+
+def neg_log_softmax(x, m, total):
+  """``-log_softmax`` from the row max and the sum of ``exp(x - m)``, without cancellation."""
+  return jnp.log(total) - (x - m)
+
+
+def weight_along(weight, ndim, axis, dtype):
+  """The class weights shaped to broadcast along the class axis of an ``ndim``-d array."""
+  shape = [1] * ndim
+  shape[axis] = -1
+  return weight.astype(dtype).reshape(shape)
+
+
+def smoothing_coefficients(row_g, w_y, total_w, eps, num_classes):
+  """``(alpha, beta, gamma)`` of the module docstring, for row cotangents ``row_g``."""
+  a = (1.0 - eps) * w_y + (eps / num_classes) * total_w
+  return row_g * a, row_g * (eps / num_classes), row_g * (1.0 - eps) * w_y
+
+
+def losses_from_stats(m, log_s, x_y, smooth_sum, w_y, kept, total_w, eps, num_classes):
+  """Per-row losses from row statistics (all of shape ``[rows]``); ``smooth_sum`` is read only
+  when ``eps > 0``. Kept as ``log s - (x_y - m)``: forming ``m + log s`` first would round the
+  log-sum-exp at the magnitude of the logits."""
+  losses = w_y * (log_s - (x_y - m))
+  if eps > 0.0:
+    losses = (1.0 - eps) * losses + (eps / num_classes) * (total_w * log_s - smooth_sum)
+  return jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
+
+
+def finish_class_weight_grad(dweight, g, loss, denominator, labels, kept, reduction, dtype):
+  """``d L / d w`` from its per-row part: for ``"mean"`` the denominator ``sum_n w[y_n]`` depends
+  on ``w`` too, which subtracts ``g L / denominator`` once per kept example of each class."""
+  if reduction == "mean":
+    ct = dweight.dtype
+    counts = per_class(labels, kept.astype(ct), dweight.shape[0])
+    dweight = dweight - (g.astype(ct) * loss.astype(ct) / denominator) * counts
+  return dweight.astype(dtype)
