@@ -19,15 +19,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jaxsoftmax import parity
+from jaxsoftmax.parity import grid, ops, runner
 from jaxsoftmax._src import dispatch
 
 COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
            "grad max rel", "result")
 
 
-def _summarise(results: list[parity.CaseResult]) -> list[dict]:
+def _summarise(results: list[runner.CaseResult]) -> list[dict]:
   """One row per (op, dtype, device): worst errors over its cases, PASS only if all pass."""
-  groups: dict[tuple, list[parity.CaseResult]] = collections.defaultdict(list)
+  groups: dict[tuple, list[runner.CaseResult]] = collections.defaultdict(list)
   for r in results:
     groups[(r.case.op, r.case.dtype, r.platform)].append(r)
   rows = []
@@ -80,14 +81,14 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
   except ImportError:
     console.print("[red]jaxsoftmax parity needs torch: pip install 'jaxsoftmax[torch]'[/red]")
     return 2
-  platforms = parity.platforms()
+  platforms = runner.platforms()
   for p in args.devices or []:
     if p not in platforms:
       console.print(f"[red]device {p!r} not present; JAX sees {platforms}[/red]")
       return 2
   platforms = args.devices or platforms
-  grid = parity.cases(ops=args.ops, dtypes=args.dtypes)
-  jobs = [(c, p) for p in platforms for c in grid]
+  cases = grid.cases(ops=args.ops, dtypes=args.dtypes)
+  jobs = [(c, p) for p in platforms for c in cases]
   results = []
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -96,11 +97,11 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
     with contextlib.nullcontext() if impl == "auto" else dispatch.prefer(impl):
       for case, plat in jobs:
         progress.update(task, description=f"{case.op} {case.dtype} {plat}")
-        results.append(parity.run_case(case, plat))
+        results.append(runner.run_case(case, plat))
         progress.advance(task)
   rows = _summarise(results)
   meta = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "versions": versions, "devices": [str(parity.device_for(p)) for p in platforms],
+          "versions": versions, "devices": [str(runner.device_for(p)) for p in platforms],
           "implementation": args.implementation,
           "tolerances": {k: vars(v) for k, v in parity.TOLERANCES.items()}}
   table = Table(title=f"jaxsoftmax vs torch: {len(results)} cases")
@@ -201,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("parity", help="compare every op with torch over the op x dtype grid")
   p.add_argument("--out", default="parity-report", help="directory for parity.json and parity.md")
-  p.add_argument("--ops", nargs="+", choices=sorted(parity.OPS), metavar="OP",
-                 help=f"restrict to these ops (default: all of {', '.join(sorted(parity.OPS))})")
-  p.add_argument("--dtypes", nargs="+", choices=parity.DTYPES, help="restrict to these dtypes")
+  p.add_argument("--ops", nargs="+", choices=sorted(ops.OPS), metavar="OP",
+                 help=f"restrict to these ops (default: all of {', '.join(sorted(ops.OPS))})")
+  p.add_argument("--dtypes", nargs="+", choices=grid.DTYPES, help="restrict to these dtypes")
   p.add_argument("--devices", nargs="+", choices=("cpu", "gpu", "tpu"),
                  help="JAX platforms to test (default: every one present)")
   p.add_argument("--implementation", choices=("auto", "xla", "pallas"), default="auto",

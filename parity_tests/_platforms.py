@@ -2,9 +2,9 @@
 
 import pytest
 
-from jaxsoftmax import parity
+from jaxsoftmax.parity import runner
 
-_PRESENT = parity.platforms()
+_PRESENT = runner.platforms()
 
 PLATFORMS = [
     pytest.param(p, marks=pytest.mark.skipif(

@@ -1,6 +1,6 @@
 """Every case of the parity grid, on every JAX platform present, against torch.
 
-The grid (jaxsoftmax.parity.cases) covers each public function and module over ranks 0-4, odd and
+The grid (jaxsoftmax.parity.grid) covers each public function and module over ranks 0-4, odd and
 empty shapes, every dim including negative ones, float16/bfloat16/float32/float64 with x64 on and
 off, extreme values (+/-1e4, float16 near 65504, -inf masks and rows, +inf, NaN) and every
 cross_entropy combination. Forward values and input gradients are compared.
@@ -8,16 +8,16 @@ cross_entropy combination. Forward values and input gradients are compared.
 
 import pytest
 
-from jaxsoftmax import parity
+from jaxsoftmax.parity import grid, runner
 from parity_tests._platforms import PLATFORMS
 
-CASES = parity.cases()
+CASES = grid.cases()
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matches_torch(case, platform):
-  result = parity.run_case(case, platform)
+  result = runner.run_case(case, platform)
   assert result.ok, result.report()
 
 
@@ -37,4 +37,4 @@ def test_grid_covers_every_public_function():
   assert core <= covered and set(jaxsoftmax.__all__) - {"ArgumentError", "DTypeError"} <= covered
   shapes = {len(c.shape) for c in CASES}
   assert shapes == {0, 1, 2, 3, 4}
-  assert {c.dtype for c in CASES} == set(parity.DTYPES)
+  assert {c.dtype for c in CASES} == set(grid.DTYPES)

@@ -20,6 +20,7 @@ import pytest
 
 import jaxsoftmax
 from jaxsoftmax import parity
+from jaxsoftmax.parity import grid, runner
 from jaxsoftmax._src import dispatch, kernels
 from jaxsoftmax._src.kernels import gpu, reference, tpu
 
@@ -27,7 +28,7 @@ def _kernel(module, interpret):
   return lambda name, **kw: functools.partial(getattr(module, name), interpret=interpret, **kw)
 
 
-_PRESENT = parity.platforms()
+_PRESENT = runner.platforms()
 BACKENDS = {  # interpreted everywhere; compiled where the hardware is present
     "triton": _kernel(gpu, True),
     "mosaic_tpu": _kernel(tpu, True),
@@ -128,7 +129,7 @@ PER_OP_AND_DTYPE = 6
 
 def _takes_kernels(case):
   shape = case.shape
-  if case.p.get("targets") == "probs" or case.p.get("kdim"):  # torch's reference path, as torch
+  if case.options.get("targets") == "probs" or case.options.get("kdim"):  # torch's reference path, as torch
     return False
   if case.op.startswith("linear_cross_entropy"):
     return bool(shape) and shape[0] > 0
@@ -137,12 +138,12 @@ def _takes_kernels(case):
   if "cross_entropy" in case.op or case.op.startswith("nn."):
     axis = -1 if case.op.endswith("[axis=-1]") else 1
     return len(shape) == 2 or axis == -1
-  return case.p.get("dim") in (-1, len(shape) - 1)
+  return case.options.get("dim") in (-1, len(shape) - 1)
 
 
 def _kernel_cases():
   picked = {}
-  for case in parity.cases(ops=KERNEL_OPS, dtypes=("float32", "bfloat16", "float16")):
+  for case in grid.cases(ops=KERNEL_OPS, dtypes=("float32", "bfloat16", "float16")):
     if _takes_kernels(case):
       picked.setdefault((case.op, case.dtype), []).append(case)
   chosen = []
@@ -171,7 +172,7 @@ def kernel_calls(monkeypatch):
 def test_kernels_agree_with_torch(case, kernel_calls):
   jax.clear_caches()  # the grid's XLA runs must not answer from the jit cache
   with dispatch.prefer("pallas"):
-    result = parity.run_case(case, "cpu")
+    result = runner.run_case(case, "cpu")
   assert result.ok, result.report()
   assert kernel_calls, f"{case.id} never reached a kernel"
 

@@ -1,6 +1,7 @@
 import json
 
 from jaxsoftmax import cli, parity
+from jaxsoftmax.parity import ops
 
 
 def test_parity_command_writes_json_and_markdown(tmp_path, capsys):
@@ -18,9 +19,9 @@ def test_parity_command_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_parity_command_fails_on_a_mismatch(tmp_path, monkeypatch):
-  broken = parity.Op("softmax", lambda a, p: parity.OPS["softmin"].jax_fn(a, p),
-                     parity.OPS["softmax"].torch_fn)
-  monkeypatch.setitem(parity.OPS, "softmax", broken)
+  broken = ops.Op("softmax", lambda a, p: ops.OPS["softmin"].jax_fn(a, p),
+                     ops.OPS["softmax"].torch_fn)
+  monkeypatch.setitem(ops.OPS, "softmax", broken)
   rc = cli.main(["parity", "--ops", "softmax", "--dtypes", "float32", "--out", str(tmp_path)])
   assert rc == 1
   assert "FAIL" in (tmp_path / "parity.md").read_text()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxsoftmax import parity
+from jaxsoftmax.parity import grid, ops, runner
 
 
 def test_tolerance_table_equals_torch_testing_defaults():
@@ -42,28 +43,28 @@ def test_assert_close_raises_with_report():
 
 
 def test_run_case_detects_a_wrong_implementation(monkeypatch):
-  case = parity.Case("softmax", "float32", (3, 5), (("dim", 1),))
-  assert parity.run_case(case).ok
-  wrong = parity.Op("softmax", lambda a, p: parity.OPS["log_softmax"].jax_fn(a, p),
-                    parity.OPS["softmax"].torch_fn)
-  monkeypatch.setitem(parity.OPS, "softmax", wrong)
-  result = parity.run_case(case)
+  case = grid.Case("softmax", "float32", (3, 5), (("dim", 1),))
+  assert runner.run_case(case).ok
+  wrong = ops.Op("softmax", lambda a, p: ops.OPS["log_softmax"].jax_fn(a, p),
+                    ops.OPS["softmax"].torch_fn)
+  monkeypatch.setitem(ops.OPS, "softmax", wrong)
+  result = runner.run_case(case)
   assert not result.ok and "forward" in result.report()
 
 
 def test_cases_reject_unknown_names():
   with pytest.raises(ValueError, match="unknown ops"):
-    parity.cases(ops=["sofmax"])
+    grid.cases(ops=["sofmax"])
   with pytest.raises(ValueError, match="unknown dtypes"):
-    parity.cases(dtypes=["float8"])
+    grid.cases(dtypes=["float8"])
 
 
 def test_inputs_are_reproducible_across_processes():
   import subprocess
   import sys
 
-  code = ("from jaxsoftmax import parity; c = parity.cases(ops=['cross_entropy'])[5]; "
-          "print(parity.make_inputs(c)['x'].sum())")
+  code = ("from jaxsoftmax.parity import grid; c = grid.cases(ops=['cross_entropy'])[5]; "
+          "print(grid.make_inputs(c)['x'].sum())")
   runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout for _ in range(2)}
   assert len(runs) == 1
