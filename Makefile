@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test fuzz mnist bench venv clean
+.PHONY: parity test fuzz mnist bench venv clean extras
 
 # Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
 # local CPU wheel is used instead of a multi-GB CUDA build.
@@ -25,6 +25,11 @@ parity: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Each extra of pyproject.toml installed into its own clean venv and used (minutes; not part of
+# `make test`, which checks the same promises by blocking imports).
+extras: $(STAMP)
+	$(BIN)/python tools/check_extras.py
 
 # The long property-based profile (not part of `make test`).
 fuzz: $(STAMP)

@@ -8,8 +8,8 @@ Full run: `jaxsoftmax train income` (this example trains briefly).
 import numpy as np
 import torch
 
-from jaxsoftmax import datasets, interop, models, torch_models
-from jaxsoftmax.training import fit
+from jaxsoftmax.tutorial import datasets, interop, models, torch_models
+from jaxsoftmax.tutorial.training import fit
 
 result = fit("income", epochs=1, max_steps=300)
 print(f"after {len(result.losses)} Adam steps: held-out accuracy {result.test_accuracy:.3f}")

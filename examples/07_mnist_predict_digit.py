@@ -7,9 +7,9 @@ digits`), then predicts a held-out digit with jaxsoftmax and with the torch twin
 import numpy as np
 import torch
 
-from jaxsoftmax import datasets, models, torch_models
-from jaxsoftmax.interop import to_torch
-from jaxsoftmax.training import fit
+from jaxsoftmax.tutorial import datasets, models, torch_models
+from jaxsoftmax.tutorial.interop import to_torch
+from jaxsoftmax.tutorial.training import fit
 
 result = fit("digits", epochs=3, max_steps=150)
 print(f"after {len(result.losses)} steps: held-out accuracy {result.test_accuracy:.3f}")

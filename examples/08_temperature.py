@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 import jaxsoftmax
-from jaxsoftmax.training import fit
+from jaxsoftmax.tutorial.training import fit
 
 torch.manual_seed(0)
 logits = torch.randn(5) * 2

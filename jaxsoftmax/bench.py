@@ -526,9 +526,9 @@ def write(doc: dict, out_dir, *, overwrite: bool = False, append: bool = False) 
                      doc["copy_gbps"]]}
   elif path.exists() and not overwrite:
     path = out_dir / f"{device}-{stamp}-{doc['timestamp'][11:19].replace(':', '')}.json"
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(doc, indent=1) + "\n")
-  tmp.replace(path)
+  from jaxsoftmax._src import files  # noqa: PLC0415 - this file also runs alone, without jax
+
+  files.write_text(path, json.dumps(doc, indent=1) + "\n")
   try:
     chart(doc, path.with_suffix(".png"))
   except ImportError:  # an accelerator box without matplotlib: `jaxsoftmax bench --chart` later
@@ -539,10 +539,9 @@ def write(doc: dict, out_dir, *, overwrite: bool = False, append: bool = False) 
 
 def chart(doc: dict, path) -> None:
   """One panel per op: median fwd+bwd time per shape and provider (float32; log scale)."""
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  from jaxsoftmax._src import plotting  # noqa: PLC0415 - this file also runs alone, without jax
 
+  plt = plotting.pyplot()
   rows = [r for r in doc["rows"] if r.get("status") == "ok" and r["mode"] == "fwd+bwd"]
   dtypes = sorted({r["dtype"] for r in rows})
   ops = [op for op in OPS if any(r["op"] == op for r in rows)]
@@ -571,8 +570,7 @@ def chart(doc: dict, path) -> None:
   fig.suptitle(f"{doc['device']} ({doc['host']['cpus']} cpus), {doc['timestamp'][:10]}; "
                f"copy {doc['copy_gbps']:.1f} GB/s", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plotting.save_png(fig, path, dpi=110)
 
 
 def parse_shapes(specs: Sequence[str] | None, ops: Sequence[str]) -> dict | None:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from jaxsoftmax import parity
 from jaxsoftmax.parity import grid, ops, runner
-from jaxsoftmax._src import dispatch
+from jaxsoftmax._src import dispatch, files
 
 COLUMNS = ("op", "dtype", "device", "cases", "fwd max abs", "fwd max rel", "grad max abs",
            "grad max rel", "result")
@@ -114,8 +114,8 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
   console.print(table)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "parity.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-  (out / "parity.md").write_text(_markdown(rows, meta))
+  files.write_text(out / "parity.json", json.dumps({**meta, "rows": rows}, indent=2))
+  files.write_text(out / "parity.md", _markdown(rows, meta))
   failed = [r for r in results if not r.ok]
   for r in failed[:20]:
     console.print(r.report(), markup=False)
@@ -125,7 +125,7 @@ def run_parity(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_train(args: argparse.Namespace, console: Console) -> int:
-  from jaxsoftmax import training  # noqa: PLC0415 - keeps `jaxsoftmax parity` light
+  from jaxsoftmax.tutorial import training  # noqa: PLC0415 - keeps `jaxsoftmax parity` light
 
   epochs = args.epochs if args.epochs is not None else {"income": 10, "digits": 15}[args.task]
   out = args.out or f"runs/{args.task}"

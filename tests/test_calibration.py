@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsoftmax import calibration
+from jaxsoftmax.tutorial import calibration
 
 
 def _overconfident(n=20000, classes=5, true_temperature=3.0, seed=0):

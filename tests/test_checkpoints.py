@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from jaxsoftmax import checkpoints
-from jaxsoftmax.training import fit
+from jaxsoftmax.tutorial import checkpoints
+from jaxsoftmax.tutorial.training import fit
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -88,7 +88,7 @@ def test_restore_refuses_arrays_of_another_model(tmp_path):
   from flax import nnx
   import optax
 
-  from jaxsoftmax.models import DigitClassifier, IncomeClassifier
+  from jaxsoftmax.tutorial.models import DigitClassifier, IncomeClassifier
 
   fit("income", epochs=1, max_steps=5, batch_size=512, out=tmp_path, checkpoint_every=5)
   _, arrays, _ = checkpoints.latest(tmp_path / "state")

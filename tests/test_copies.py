@@ -10,7 +10,8 @@ import torch
 from flax import nnx
 from safetensors.torch import save_file
 
-from jaxsoftmax import checkpoints, interop, models, nn, torch_models
+from jaxsoftmax import nn
+from jaxsoftmax.tutorial import checkpoints, interop, models, torch_models
 from jaxsoftmax._src.copies import jax_copy, numpy_copy, torch_copy
 
 SOURCES = {

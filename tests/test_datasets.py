@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from jaxsoftmax import datasets
+from jaxsoftmax.tutorial import datasets
 
 TRAIN_LINE = ("39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, "
               "White, Male, 2174, 0, 40, United-States, <=50K\n")

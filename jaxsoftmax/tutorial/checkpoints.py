@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import re
 import warnings
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxsoftmax._src import files
 from jaxsoftmax._src.copies import jax_copy
 
 __all__ = ["save", "latest", "restore", "CheckpointError"]
@@ -59,16 +59,7 @@ def save(directory, step: int, model: nnx.Module, optimizer: nnx.Optimizer, meta
   arrays |= {f"optimizer{k}": v for k, v in _flat(nnx.state(optimizer)).items()}
   metadata = {"step": str(step), "sha256": _digest(arrays), "meta": json.dumps(meta)}
   path = directory / f"step-{step:09d}.safetensors"
-  tmp = path.with_name(path.name + ".tmp")
-  save_file(arrays, tmp, metadata=metadata)
-  with open(tmp, "rb") as f:
-    os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-  os.replace(tmp, path)
-  dir_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)  # and so is the rename
-  finally:
-    os.close(dir_fd)
+  files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
   for old in sorted(p for p in directory.iterdir() if _NAME.match(p.name))[:-keep]:
     old.unlink()
   return path

@@ -1,4 +1,4 @@
-"""Weights between the Flax models (:mod:`jaxsoftmax.models`) and their torch twins.
+"""Weights between the Flax models (:mod:`jaxsoftmax.tutorial.models`) and their torch twins.
 
 Layouts: ``nn.Linear.weight`` ``(out, in)`` <-> ``nnx.Linear.kernel`` ``(in, out)``;
 ``nn.Conv2d.weight`` ``(O, I, kH, kW)`` <-> ``nnx.Conv.kernel`` ``(kH, kW, I, O)``; biases as they

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsoftmax
+from jaxsoftmax._src import plotting
 
 __all__ = ["nll", "fit_temperature", "expected_calibration_error", "reliability_diagram"]
 
@@ -103,10 +104,7 @@ def expected_calibration_error(probs, labels, *, n_bins: int = 15) -> float:
 
 def reliability_diagram(probs, labels, path, *, n_bins: int = 15, title: str = "") -> pathlib.Path:
   """Writes a reliability diagram (accuracy per confidence bin against the diagonal) as a PNG."""
-  import matplotlib  # noqa: PLC0415 - plotting is optional at import time
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = plotting.pyplot()
 
   confidence, correct, bins = _confidences(probs, labels, n_bins)
   edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -123,6 +121,5 @@ def reliability_diagram(probs, labels, path, *, n_bins: int = 15, title: str = "
          title=f"{title} ECE={ece:.3f}".strip())
   ax.legend(loc="upper left")
   path = pathlib.Path(path)
-  fig.savefig(path, bbox_inches="tight")
-  plt.close(fig)
+  plotting.save_png(fig, path, bbox_inches="tight")
   return path

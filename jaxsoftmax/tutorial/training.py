@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 
@@ -20,7 +19,8 @@ import optax
 from flax import nnx
 
 import jaxsoftmax
-from jaxsoftmax import calibration, checkpoints, datasets, interop, models
+from jaxsoftmax.tutorial import calibration, checkpoints, datasets, interop, models
+from jaxsoftmax._src import files, plotting
 from jaxsoftmax._src.copies import torch_copy
 
 __all__ = ["loss_fn", "train_step", "fit", "TASKS"]
@@ -68,12 +68,10 @@ def _predict(model, x, batch=4096):
 
 
 def _save_atomically(model, path: pathlib.Path) -> None:
-  """Weights in torch layout as safetensors (loadable by both frameworks), via temp + rename."""
+  """Weights in torch layout as safetensors (loadable by both frameworks), written atomically."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
-  tmp = path.with_name(path.name + ".tmp")
-  save_file(dict(interop.torch_layout(model)), tmp)
-  os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new, never half
+  files.atomic_write(path, lambda tmp: save_file(dict(interop.torch_layout(model)), tmp))
 
 
 @dataclasses.dataclass
@@ -112,7 +110,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     validation: the share of training examples held back to fit the temperature.
     progress: an optional ``rich.progress.Progress`` to report to.
     checkpoint_every: also save the full training state every this many steps (it is always saved
-      at the end of each epoch) in ``out/state`` (see :mod:`jaxsoftmax.checkpoints`).
+      at the end of each epoch) in ``out/state`` (see :mod:`jaxsoftmax.tutorial.checkpoints`).
     resume: continue from the newest verified state in ``out/state`` (start afresh when there is
       none); the continued run is bitwise identical to one never interrupted (same weights,
       optimizer state, data order and step).
@@ -143,7 +141,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
   if compare_torch:
     import torch  # noqa: PLC0415
 
-    from jaxsoftmax import torch_models  # noqa: PLC0415
+    from jaxsoftmax.tutorial import torch_models  # noqa: PLC0415
 
     twin = getattr(torch_models, type(model).__name__)()
     twin.load_state_dict(interop.to_torch(model), strict=True)
@@ -234,7 +232,7 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
     metrics = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
                if f.name not in ("losses", "torch_losses", "model")}
     metrics["max_divergence"] = result.max_divergence
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    files.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
   return result
 
 
@@ -251,10 +249,7 @@ def _torch_step(model, optimizer, xb, yb) -> float:
 
 
 def _plot_curves(result: Result, path: pathlib.Path) -> None:
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = plotting.pyplot()
 
   fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
   ax.plot(result.losses, label="jaxsoftmax (Flax NNX)", linewidth=1)
@@ -263,5 +258,4 @@ def _plot_curves(result: Result, path: pathlib.Path) -> None:
          title=f"{result.task}: same init, same batches; max |difference| "
                f"{result.max_divergence:.2e}")
   ax.legend()
-  fig.savefig(path, bbox_inches="tight")
-  plt.close(fig)
+  plotting.save_png(fig, path, bbox_inches="tight")

@@ -1,4 +1,4 @@
-"""Real data, offline: UCI Adult (shipped in ``jaxsoftmax/data/adult``) and MNIST IDX files.
+"""Real data, offline: UCI Adult (shipped in ``jaxsoftmax/tutorial/data/adult``) and MNIST IDX files.
 
 Every parser fails loudly: a malformed row names the file and line, a malformed IDX file the file
 and what its header promised. No row is dropped: Adult's missing values (``?``) are kept as a
@@ -12,6 +12,8 @@ import gzip
 import pathlib
 
 import numpy as np
+
+from jaxsoftmax._src import files
 
 __all__ = ["Adult", "load_adult", "read_adult_file", "read_idx", "write_idx", "load_mnist",
            "load_mnist_sample", "ADULT_DIR"]
@@ -184,10 +186,7 @@ def write_idx(path, array) -> pathlib.Path:
   raw = header + np.ascontiguousarray(array, dtype=big).tobytes()
   if path.suffix == ".gz":
     raw = gzip.compress(raw, mtime=0)  # mtime 0: the same array gives the same bytes
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(raw)
-  tmp.replace(path)
-  return path
+  return files.atomic_write(path, lambda tmp: tmp.write_bytes(raw))
 
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
