@@ -23,13 +23,13 @@ def test_minimal_bytes_count_each_input_and_output_once():
 def test_providers_are_interleaved_and_rotated():
   order = []
   calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-  times = bench._time_interleaved(calls, reps=3, warmup=1, budget_s=10)
+  times = bench.time_interleaved(calls, reps=3, warmup=1, budget_s=10)
   assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
   assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
 
 
 def test_a_call_may_report_its_own_time():
-  times = bench._time_interleaved({"x": lambda: 0.125}, reps=3, warmup=1)
+  times = bench.time_interleaved({"x": lambda: 0.125}, reps=3, warmup=1)
   assert times["x"] == [0.125] * 3
 
 
@@ -71,6 +71,9 @@ def test_a_small_run_writes_long_rows_json_and_chart(tmp_path):
       assert "xla_temp_mb" in r
   lce = [r for r in ok if r["op"] == "linear_cross_entropy" and r["mode"] == "fwd+bwd"]
   assert all(r["peak_rss_mb"] >= r["setup_rss_mb"] > 50 for r in lce)
+  # torch's fresh process never imports jax (child.py loads the harness without the package)
+  assert {r["impl"]: r["jax_imported"] for r in lce} == {
+      "jaxsoftmax": True, "optax": True, "torch": False, "torch-chunked": False}
   # Writing again the same day keeps the first file.
   second = bench.write(doc, tmp_path)
   assert second != path and path.exists()

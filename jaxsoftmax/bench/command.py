@@ -1,0 +1,65 @@
+"""``jaxsoftmax bench``: run, print, write."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from jaxsoftmax.bench import config, measure, report
+
+__all__ = ["bench"]
+
+
+def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, budget, rss, out,
+          overwrite=False, append=False, chart_only=None) -> int:
+  """Runs the benchmark (or only redraws a results file's chart), prints the tables, writes the
+  JSON and PNG; returns the exit status."""
+  if chart_only:
+    path = pathlib.Path(chart_only)
+    report.chart(json.loads(path.read_text()), path.with_suffix(".png"))
+    console.print(f"wrote {path.with_suffix('.png')}")
+    return 0
+  try:
+    shape_set = config.parse_shapes(shapes, ops) or config.PRESETS[preset]
+  except ValueError as e:
+    console.print(f"[red]{e}[/red]")
+    return 2
+  setup = config.Config(ops=ops, shapes=shape_set, dtypes=dtypes, modes=modes,
+                        reps=reps, rss=rss, budget_s=budget, impls=impls)
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, transient=True) as progress:
+    doc = measure.run(setup, progress=progress)
+  path = report.write(doc, out, overwrite=overwrite, append=append)
+  console.print(f"{doc['device']}: copy bandwidth {doc['copy_gbps']:.1f} GB/s (read + write)")
+  table = Table("op", "impl", "shape", "dtype", "mode", "median ms", "p20-p80 ms", "GB/s",
+                "of copy", "XLA temp MiB", "peak RSS MiB", title="jaxsoftmax bench")
+  for r in doc["rows"]:
+    if r["status"] != "ok":
+      table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
+                    r["status"], "", "", "", "", "")
+      continue
+    table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
+                  f"{r['median_ms']:.2f}", f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}",
+                  f"{r['gbps']:.1f}", f"{r['copy_fraction']:.0%}",
+                  f"{r['xla_temp_mb']:.1f}" if "xla_temp_mb" in r else "",
+                  f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "")
+  console.print(table)
+  for dtype in dtypes:
+    ups = report.speedups(doc, dtype=dtype)
+    if not ups:
+      continue
+    speed = Table("op", "shape", "jaxsoftmax ms", "fastest peer", "peer ms", "speedup",
+                  title=f"fwd+bwd {dtype}: fastest peer / jaxsoftmax (> 1: jaxsoftmax faster)")
+    for u in ups:
+      speed.add_row(u["op"], "x".join(map(str, u["shape"])), f"{u['jaxsoftmax_ms']:.2f}",
+                    u["fastest_peer"], f"{u['peer_ms']:.2f}", f"{u['speedup']:.2f}")
+    console.print(speed)
+    for op in dict.fromkeys(u["op"] for u in ups):
+      console.print(f"{op} {dtype}: geometric-mean speedup "
+                    f"{report.geomean(u['speedup'] for u in ups if u['op'] == op):.2f}")
+  console.print(f"rows written to {path} and {path.with_suffix('.png')}")
+  return 0

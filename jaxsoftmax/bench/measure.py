@@ -1,0 +1,189 @@
+"""Measuring: providers timed interleaved and rotated, the device's copy bandwidth, the peak RSS of
+a fresh subprocess per provider, and the run over every configuration."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .config import DEFAULT_SHAPES, PEERS, SELF_VARIANTS, Config, Unavailable, row_key
+from .providers import flops, itemsize, minimal_bytes, setup, torch_device
+
+__all__ = ["time_interleaved", "copy_gbps", "peak_rss", "child_main", "run"]
+
+# Modules of this package import each other relatively and nothing of jaxsoftmax at import time:
+# child.py loads them as a package of their own, so torch's process never imports jax.
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
+                      budget_s: float = 20.0) -> dict[str, list[float]]:
+  """Seconds per call for each provider, interleaved and rotated; fewer reps if a call is slow."""
+  def timed(call) -> float:
+    start = time.perf_counter()
+    inner = call()  # a call that must prepare untimed state returns its own timing
+    return inner if isinstance(inner, float) else time.perf_counter() - start
+
+  names = list(calls)
+  slowest = 0.0
+  for name in names:
+    for _ in range(warmup):
+      slowest = max(slowest, timed(calls[name]))
+  reps = max(3, min(reps, int(budget_s / max(slowest * len(names), 1e-9))))
+  times = {n: [] for n in names}
+  for r in range(reps):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      times[name].append(timed(calls[name]))
+  return times
+
+
+def copy_gbps(size_mib: int = 256, reps: int = 10) -> float:
+  """Device copy bandwidth: read + write bytes of ``y = x + 1`` over a large float32 array."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  x = jnp.ones((size_mib * 2**20 // 4,), jnp.float32)
+  f = jax.jit(lambda a: a + 1.0).lower(x).compile()
+  jax.block_until_ready(f(x))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(f(x))
+    times.append(time.perf_counter() - start)
+  return 2 * x.nbytes / float(np.median(times)) / 1e9
+
+
+def _high_water_mib() -> float:
+  """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+  from the parent across fork + exec, so every child would report at least the parent's peak."""
+  for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 1024
+  raise OSError("no VmHWM in /proc/self/status (peak RSS needs Linux)")
+
+
+def child_main(spec: str) -> int:
+  op, impl, shape, dtype, device = json.loads(spec)
+  calls, _ = setup(op, impl, tuple(shape), dtype, ["fwd+bwd"], device)  # inputs, compile, warm
+  before = _high_water_mib()
+  calls["fwd+bwd"]()
+  calls["fwd+bwd"]()
+  # Recorded so that a torch figure can be trusted not to carry jax's own memory.
+  out = {"peak_rss_mb": _high_water_mib(), "setup_rss_mb": before,
+         "jax_imported": "jax" in sys.modules}
+  if impl.startswith("torch"):
+    if device == "cuda":
+      import torch  # noqa: PLC0415
+      out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+  else:
+    import jax  # noqa: PLC0415
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    if "peak_bytes_in_use" in stats:
+      out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+  print(json.dumps(out))
+  return 0
+
+
+def peak_rss(op, impl, shape, dtype, device: str = "cpu", timeout: float = 600) -> dict:
+  """Peak RSS (and device memory) of one fwd+bwd of ``impl`` in a fresh process (child.py)."""
+  spec = json.dumps([op, impl, list(shape), dtype, device])
+  child = pathlib.Path(__file__).with_name("child.py")
+  proc = subprocess.run([sys.executable, str(child), spec], capture_output=True, text=True,
+                        timeout=timeout, check=False)
+  if proc.returncode != 0:
+    return {"peak_rss_error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _device() -> tuple[str, str]:
+  import jax  # noqa: PLC0415
+
+  dev = jax.devices()[0]
+  return dev.device_kind, dev.platform
+
+
+def _versions() -> dict[str, str]:
+  out = {"python": platform.python_version()}
+  for pkg in ("jaxsoftmax", "jax", "jaxlib", "flax", "optax", "tokamax", "torch", "numpy"):
+    try:
+      out[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def _percentile(values, q) -> float:
+  return float(np.percentile(values, q)) * 1e3
+
+
+def run(config: Config, progress=None) -> dict:
+  """Runs every configuration; returns the result document (not yet written)."""
+  device, plat = _device()
+  shapes = config.shapes or DEFAULT_SHAPES
+  plan = [(op, tuple(shape), dtype) for op in config.ops for shape in shapes[op]
+          for dtype in config.dtypes]
+  task = progress.add_task("bench", total=len(plan)) if progress else None
+  copy = copy_gbps()
+  tdevice = torch_device(plat)
+  rows = []
+  for op, shape, dtype in plan:
+    if progress:
+      progress.update(task, description=f"{op} {shape} {dtype}")
+    extra = SELF_VARIANTS if plat != "cpu" else ()
+    impls = ("jaxsoftmax",) + tuple(p for p in extra + PEERS[op]
+                                    if config.impls is None or p in config.impls)
+    calls, temps, missing = {}, {}, {}
+    for impl in impls:
+      try:
+        calls[impl], temps[impl] = setup(op, impl, shape, dtype, config.modes, tdevice)
+      except Unavailable as e:
+        missing[impl] = str(e)
+    for mode in config.modes:
+      times = time_interleaved({i: c[mode] for i, c in calls.items()}, config.reps,
+                                budget_s=config.budget_s)
+      for impl in impls:
+        row = {"op": op, "impl": impl, "shape": list(shape), "dtype": dtype, "mode": mode}
+        if impl in missing:
+          rows.append(row | {"status": f"unavailable: {missing[impl]}"})
+          continue
+        t = times[impl]
+        median = float(np.median(t))
+        gbps = minimal_bytes(op, shape, dtype, mode) / median / 1e9
+        row |= {"status": "ok", "median_ms": median * 1e3, "p20_ms": _percentile(t, 20),
+                "p80_ms": _percentile(t, 80), "reps": len(t), "gbps": gbps,
+                "copy_fraction": gbps / copy}
+        if (fl := flops(op, shape, mode)) is not None:
+          row["gflops"] = fl / median / 1e9
+        if temps[impl].get(mode) is not None:
+          row["xla_temp_mb"] = temps[impl][mode]
+        if op == "cross_entropy" and mode == "fwd+bwd":
+          # What a Liger-style kernel that writes the gradient over the logits would hold at
+          # its peak: the logits alone. A computed bound to read peak memory against, not a run.
+          row["inplace_bound_mb"] = shape[0] * shape[1] * itemsize(dtype) / 2**20
+        rows.append(row)
+    if config.rss == "all" or (config.rss == "linear" and op == "linear_cross_entropy"):
+      for impl in impls:
+        if impl in missing:
+          continue
+        stats = peak_rss(op, impl, shape, dtype, tdevice)
+        for row in rows:
+          if row_key(row) == (op, impl, shape, dtype, "fwd+bwd"):
+            row.update(stats)
+    del calls
+    if progress:
+      progress.advance(task)
+  return {"device": device, "platform": plat, "torch_device": tdevice, "copy_gbps": copy,
+          "versions": _versions(),
+          "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "host": {"cpus": os.cpu_count(), "machine": platform.machine()}, "rows": rows}
+
+
