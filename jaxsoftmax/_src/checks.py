@@ -41,59 +41,62 @@ def compute_dtype(dtype) -> np.dtype:
   return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
 
 
-def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+def normalize_axis(axis, ndim: int, op: str, name: str = "axis") -> int:
   """Wraps a possibly negative axis, as torch's ``maybe_wrap_dim`` does (0-d arrays accept 0 and -1)."""
   if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-    raise TypeError(f"{name} must be an int; got {axis!r} of type {type(axis).__name__}.")
+    raise TypeError(f"{op}: {name} must be an int; got {axis!r} of type {type(axis).__name__}.")
   axis = int(axis)
   n = max(ndim, 1)
   if not -n <= axis < n:
     raise IndexError(
-        f"{name}={axis} is out of range for an array of rank {ndim} "
+        f"{op}: {name}={axis} is out of range for an array of rank {ndim} "
         f"(expected to be in range of [{-n}, {n - 1}])."
     )
   return axis % n
 
 
-def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+def normalize_axes(axis, ndim: int, op: str, name: str = "axis") -> tuple[int, ...]:
   """Like :func:`normalize_axis` but also accepts a sequence of axes or None (all axes)."""
   if axis is None:
     return tuple(range(max(ndim, 1)))
   if isinstance(axis, Sequence) and not isinstance(axis, str):
-    axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    axes = tuple(normalize_axis(a, ndim, op, name) for a in axis)
     if len(set(axes)) != len(axes):
-      raise ValueError(f"{name}={tuple(axis)!r} repeats an axis (rank {ndim}).")
+      raise ValueError(f"{op}: {name}={tuple(axis)!r} repeats an axis (rank {ndim}).")
     if not axes:
-      raise ValueError(f"{name}=() names no axis; pass at least one.")
+      raise ValueError(f"{op}: {name}=() names no axis; pass at least one.")
     return tuple(sorted(axes))
-  return (normalize_axis(axis, ndim, name),)
+  return (normalize_axis(axis, ndim, op, name),)
 
 
-def check_positive_finite(value, name: str) -> float:
+def check_positive_finite(value, name: str, op: str) -> float:
   """Validates a Python scalar such as a temperature: finite and > 0."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}.")
+    raise TypeError(f"{op}: {name} must be a real number; got {value!r} of type "
+                    f"{type(value).__name__}.")
   value = float(value)
   if not math.isfinite(value) or value <= 0.0:
-    raise ValueError(f"{name} must be finite and > 0; got {name}={value!r}.")
+    raise ValueError(f"{op}: {name} must be finite and > 0; got {name}={value!r}.")
   return value
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction, op: str) -> str:
   if reduction not in REDUCTIONS:
-    raise ValueError(f"{reduction} is not a valid value for reduction; expected one of {REDUCTIONS}.")
+    raise ValueError(f"{op}: {reduction} is not a valid value for reduction; expected one of "
+                     f"{REDUCTIONS}.")
   return reduction
 
 
-def check_label_smoothing(label_smoothing) -> float:
+def check_label_smoothing(label_smoothing, op: str) -> float:
   if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
     raise TypeError(
-        f"label_smoothing must be a float in [0, 1]; got {label_smoothing!r} "
+        f"{op}: label_smoothing must be a float in [0, 1]; got {label_smoothing!r} "
         f"of type {type(label_smoothing).__name__}."
     )
   value = float(label_smoothing)
   if not 0.0 <= value <= 1.0:  # also rejects NaN
-    raise ArgumentError(f"label_smoothing must be between 0.0 and 1.0; got label_smoothing={value!r}.")
+    raise ArgumentError(f"{op}: label_smoothing must be between 0.0 and 1.0; got "
+                        f"label_smoothing={value!r}.")
   return value
 
 
@@ -106,16 +109,17 @@ def check_weight(weight, num_classes: int, op: str):
     raise DTypeError(f"{op}: weight must be a floating-point array; got dtype {weight.dtype}.")
   if weight.shape != (num_classes,):
     raise ArgumentError(
-        f"{op}: weight must have shape ({num_classes},), one entry per class; got shape {weight.shape}."
+        f"{op}: weight must have shape ({num_classes},), one entry per class; got shape "
+        f"{weight.shape}."
     )
   return weight
 
 
-def check_ignore_index(ignore_index):
+def check_ignore_index(ignore_index, op: str):
   if ignore_index is None:
     return None
   if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-    raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
+    raise TypeError(f"{op}: ignore_index must be an int or None; got {ignore_index!r}.")
   return int(ignore_index)
 
 

@@ -9,10 +9,9 @@ which is exact in real arithmetic (the ``e^{-m}`` cancels) and never overflows: 
 ``<= 0``. float16/bfloat16 inputs are computed in float32 and rounded once, as torch does.
 
 Derivatives are ``jax.custom_vjp`` rules that keep only the output ``y`` for the backward pass
-(for float16/bfloat16 inputs, the float32 output before its final rounding: the gradient is then
-also computed in float32 and rounded once. Keeping the half-precision output instead, as torch's
-half kernels do, was measured to put the gradient up to 69 ulps (float16) and 6815 ulps
-(bfloat16) away from the exact one; this way it is within half an ulp):
+(for float16/bfloat16 inputs, the float32 output before its final rounding, so the gradient is
+also computed in float32 and rounded once: within half an ulp of the exact one, where keeping the
+half-precision output, as torch's half kernels do, is not; benchmarks/NOTES.md has the figures):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
           \\bar x = \\bar y - e^{y} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
@@ -182,7 +181,7 @@ def _family(x, where, traced_temperature, *, axes, temperature, log, negate, bac
 def _prepare(x, axis, temperature, where, op: str):
   """Validation shared by the public functions (runs at trace time, never under jit)."""
   x = checks.as_float_array(x, "x", op)
-  axes = checks.normalize_axes(axis, x.ndim)
+  axes = checks.normalize_axes(axis, x.ndim, op)
   traced = None
   if temperature is None:
     raise TypeError(f"{op}: temperature must be a positive number or a scalar array; got None.")
@@ -191,10 +190,10 @@ def _prepare(x, axis, temperature, where, op: str):
     if traced.ndim != 0:
       raise ValueError(f"{op}: temperature must be a scalar; got an array of shape {traced.shape}.")
     if checks.is_concrete(traced):
-      checks.check_positive_finite(float(traced), "temperature")
+      checks.check_positive_finite(float(traced), "temperature", op)
     temperature = 1.0
   else:
-    temperature = checks.check_positive_finite(temperature, "temperature")
+    temperature = checks.check_positive_finite(temperature, "temperature", op)
   if where is not None:
     where = jnp.asarray(where)
     if where.dtype != jnp.bool_:

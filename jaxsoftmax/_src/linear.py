@@ -383,9 +383,9 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
       raise DTypeError(f"{op}: {names.bias} must have {names.x}'s dtype {x.dtype}; got "
                        f"{bias.dtype}.")
   weight = checks.check_weight(weight, v, op)
-  options = LossOptions(checks.check_ignore_index(options.ignore_index),
-                        checks.check_label_smoothing(options.label_smoothing),
-                        checks.check_reduction(options.reduction))
+  options = LossOptions(checks.check_ignore_index(options.ignore_index, op),
+                        checks.check_label_smoothing(options.label_smoothing, op),
+                        checks.check_reduction(options.reduction, op))
   checks.check_labels_in_range(labels, v, options.ignore_index, op)
   n = labels.size
   dispatch.check(implementation, op)

@@ -350,12 +350,12 @@ def _prepare_loss(x, labels, axis, weight, reduction, op, name):
   x = checks.as_float_array(x, name, op)
   if x.ndim == 0:
     raise ArgumentError(f"{op}: {name} must have a class axis; got a 0-d array.")
-  axis = checks.normalize_axis(axis, x.ndim)
+  axis = checks.normalize_axis(axis, x.ndim, op)
   if x.shape[axis] == 0:  # torch: IndexError, since no target can be in range
     raise IndexError(f"{op}: {name} of shape {x.shape} has no classes (size 0 along axis {axis}).")
   labels, indices = _check_labels(x, labels, axis, op)
   weight = checks.check_weight(weight, x.shape[axis], op)
-  reduction = checks.check_reduction(reduction)
+  reduction = checks.check_reduction(reduction, op)
   return x, labels, indices, axis, weight, reduction
 
 
@@ -410,8 +410,8 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   op = "cross_entropy"
   logits, labels, indices, axis, weight, reduction = _prepare_loss(
       logits, labels, axis, weight, reduction, op, "logits")
-  ignore_index = checks.check_ignore_index(ignore_index)
-  label_smoothing = checks.check_label_smoothing(label_smoothing)
+  ignore_index = checks.check_ignore_index(ignore_index, op)
+  label_smoothing = checks.check_label_smoothing(label_smoothing, op)
   if indices:
     checks.check_labels_in_range(labels, logits.shape[axis], ignore_index, op)
   elif ignore_index is not None:
@@ -461,7 +461,7 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
       log_probs, labels, axis, weight, reduction, op, "log_probs")
   if not indices:
     raise DTypeError(f"{op}: labels must be integer class indices; got dtype {labels.dtype}.")
-  ignore_index = checks.check_ignore_index(ignore_index)
+  ignore_index = checks.check_ignore_index(ignore_index, op)
   checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
   return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
                    reduction=reduction,

@@ -57,7 +57,7 @@ def gumbel_softmax_from_noise(logits, gumbels, tau, hard, dim):
   y_soft = y_soft.astype(logits.dtype)
   if not hard:
     return y_soft
-  axis = checks.normalize_axis(dim, y_soft.ndim, "dim")
+  axis = checks.normalize_axis(dim, y_soft.ndim, "gumbel_softmax", "dim")
   index = jnp.argmax(y_soft, axis=axis, keepdims=True)  # first maximum, as torch
   y_hard = (jax.lax.broadcasted_iota(index.dtype, y_soft.shape, axis) == index).astype(y_soft.dtype)
   # Straight-through estimator: the value of y_hard, the gradient of y_soft.

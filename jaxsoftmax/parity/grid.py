@@ -169,14 +169,14 @@ def cases(ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None)
   dtypes = tuple(dtypes or DTYPES)
   unknown = set(dtypes) - set(DTYPES)
   if unknown:
-    raise ValueError(f"unknown dtypes {sorted(unknown)}; expected some of {DTYPES}")
+    raise ValueError(f"cases: unknown dtypes {sorted(unknown)}; expected some of {DTYPES}")
   out = [c for d in dtypes
          for c in itertools.chain(_family_cases(d), _ce_cases(d), _lce_cases(d))]
   if ops is not None:
     ops = set(ops)
     unknown = ops - set(OPS)
     if unknown:
-      raise ValueError(f"unknown ops {sorted(unknown)}; expected some of {sorted(OPS)}")
+      raise ValueError(f"cases: unknown ops {sorted(unknown)}; expected some of {sorted(OPS)}")
     out = [c for c in out if c.op in ops]
   return out
 

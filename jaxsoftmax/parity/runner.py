@@ -4,8 +4,8 @@ Reference policy: on the CPU platform, torch on CPU; on GPU/TPU, torch on CUDA w
 otherwise torch on CPU in float64. float32/float64 cases run torch in the same dtype. float16 and
 bfloat16 cases run torch in float32 on the same half-precision inputs and cotangents and round its
 results once to the half dtype: that is what jaxsoftmax (and torch's kernels by their accumulate-in-
-float32 design) promise, whereas torch's CPU half kernels round intermediates -- its float16
-log_softmax was measured up to 185 ulps from the exact result (``parity_tests/test_half.py``).
+float32 design) promise, whereas torch's CPU half kernels round intermediates
+(``parity_tests/test_half.py``; figures in benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

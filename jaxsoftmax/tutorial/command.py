@@ -13,7 +13,8 @@ __all__ = ["DEFAULT_EPOCHS", "train"]
 DEFAULT_EPOCHS = {"income": 10, "digits": 15}
 
 
-def train(console: Console, task: str, *, epochs: int | None = None, out=None, **fit_options) -> int:
+def train(console: Console, task: str, *, epochs: int | None = None, out=None,
+          **fit_options) -> int:
   """Trains ``task`` with a progress bar (``fit_options`` as :func:`training.fit`), then prints
   the held-out accuracy, the calibration and, with ``compare_torch``, the torch twin's
   divergence; returns the exit status."""

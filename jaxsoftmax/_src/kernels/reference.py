@@ -7,7 +7,7 @@ statistics are ``[rows, 1]`` float32 arrays. With ``xs`` the scaled logits (``x`
 .. math:: \\mathrm{softmax} = e^{xs - m} / s, \\qquad \\log\\mathrm{softmax} = (xs - m) - \\log s
 
 and the cross-entropy kernel, given per-row coefficients ``alpha, beta, gamma`` and class weights
-``w`` (ones when absent), returns ``m, s``, ``x_y = x[label]``, ``swx = sum_c w_c (x_c - m)`` and
+``w`` (ones when absent), returns ``m, s``, ``x_y = x[label]``, ``smooth_sum = sum_c w_c (x_c - m)`` and
 
 .. math:: \\bar x_{c} = \\alpha\\, e^{x_c - m} / s - \\beta\\, w_c - \\gamma\\,[c = y]
 
@@ -67,21 +67,21 @@ def softmax_bwd(dy, res, m, s, *, log, negate, temperature, recompute):
 
 def ce(x, labels, alpha, beta, gamma, w, m=None, s=None, *, grad, smooth, dx_dtype=None):
   """Cross-entropy row kernel. ``labels`` [rows, 1] int32 in range; ``w`` [1, n] or None;
-  ``m, s`` from an earlier call skip the statistics. Returns ``(m, s, x_y, swx, dx | None)``,
-  ``swx`` zeros unless ``smooth``; ``dx`` in ``dx_dtype`` (default ``x.dtype``)."""
+  ``m, s`` from an earlier call skip the statistics. Returns ``(m, s, x_y, smooth_sum, dx | None)``,
+  ``smooth_sum`` zeros unless ``smooth``; ``dx`` in ``dx_dtype`` (default ``x.dtype``)."""
   xf = x.astype(F32)
   if m is None:
     m, s = _stats(xf)
   cols = lax.broadcasted_iota(jnp.int32, xf.shape, 1)
   at_label = cols == labels
   x_y = jnp.sum(jnp.where(at_label, xf, 0.0), axis=1, keepdims=True)
-  swx = jnp.zeros_like(m)
+  smooth_sum = jnp.zeros_like(m)
   if smooth:
-    swx = jnp.sum((xf - m) if w is None else w * (xf - m), axis=1, keepdims=True)
+    smooth_sum = jnp.sum((xf - m) if w is None else w * (xf - m), axis=1, keepdims=True)
   dx = None
   if grad:
     dx = alpha * (jnp.exp(xf - m) / s)
     if smooth:
       dx = dx - beta * (1.0 if w is None else w)
     dx = (dx - jnp.where(at_label, gamma, 0.0)).astype(dx_dtype or x.dtype)
-  return m, s, x_y, swx, dx
+  return m, s, x_y, smooth_sum, dx

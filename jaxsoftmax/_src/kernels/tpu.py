@@ -231,7 +231,7 @@ def _unpack(refs, weighted, have_stats):
 
 def _ce_one_pass_kernel(*refs, grad, smooth, weighted, have_stats):
   x_ref, lab_ref, a_ref, b_ref, c_ref, w_ref, stats, outs = _unpack(refs, weighted, have_stats)
-  m_ref, s_ref, xy_ref, swx_ref = outs[:4]
+  m_ref, s_ref, xy_ref, smooth_sum_ref = outs[:4]
   xf = x_ref[...].astype(F32)
   labels = lab_ref[...]
   cols = lax.broadcasted_iota(jnp.int32, xf.shape, 1)
@@ -243,10 +243,10 @@ def _ce_one_pass_kernel(*refs, grad, smooth, weighted, have_stats):
   w = w_ref[...] if weighted else None
   m_ref[...], s_ref[...] = m, s
   xy_ref[...] = _label_logit(xf, labels, cols)
-  swx = jnp.zeros_like(m)
+  smooth_sum = jnp.zeros_like(m)
   if smooth:
-    swx = jnp.sum((xf - m) if w is None else w * (xf - m), axis=1, keepdims=True)
-  swx_ref[...] = swx
+    smooth_sum = jnp.sum((xf - m) if w is None else w * (xf - m), axis=1, keepdims=True)
+  smooth_sum_ref[...] = smooth_sum
   if grad:
     outs[4][...] = _ce_grad(xf, m, s, a_ref[...], b_ref[...], c_ref[...], w, labels, cols,
                             smooth).astype(outs[4].dtype)
@@ -270,8 +270,8 @@ def _ce_stats_kernel(x_ref, lab_ref, *refs, n, bn, blocks, have_stats):
 def _ce_finish_kernel(*refs, n, bn, blocks, grad, smooth, weighted):
   """Pass 2: the smoothing sum and the gradient, block by block."""
   x_ref, lab_ref, a_ref, b_ref, c_ref, w_ref, (m_ref, s_ref), outs = _unpack(refs, weighted, True)
-  swx_ref = outs[0]
-  _init_at_first_block((swx_ref, 0.0))
+  smooth_sum_ref = outs[0]
+  _init_at_first_block((smooth_sum_ref, 0.0))
   xf = x_ref[...].astype(F32)
   mask = _col_mask(xf.shape, n, bn, blocks)
   cols = pl.program_id(1) * bn + lax.broadcasted_iota(jnp.int32, xf.shape, 1)
@@ -279,7 +279,7 @@ def _ce_finish_kernel(*refs, n, bn, blocks, grad, smooth, weighted):
   w = w_ref[...] if weighted else None
   if smooth:
     xm = (xf - m) if w is None else w * (xf - m)
-    swx_ref[...] += jnp.sum(_fill(mask, xm, 0.0), axis=1, keepdims=True)
+    smooth_sum_ref[...] += jnp.sum(_fill(mask, xm, 0.0), axis=1, keepdims=True)
   if grad:
     outs[1][...] = _ce_grad(xf, m, s, a_ref[...], b_ref[...], c_ref[...], w, lab_ref[...], cols,
                             smooth).astype(outs[1].dtype)
