@@ -115,7 +115,8 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
       none); the continued run is bitwise identical to one never interrupted (same weights,
       optimizer state, data order and step).
   """
-  _validate(task, epochs, batch_size, validation, checkpoint_every, resume, out, compare_torch)
+  _validate(task, epochs=epochs, batch_size=batch_size, validation=validation,
+            checkpoint_every=checkpoint_every, resume=resume, out=out, compare_torch=compare_torch)
   data, rng = _split(task, mnist_dir, seed, validation)
   model = TASKS[task](rngs=nnx.Rngs(seed))
   optimizer = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
@@ -143,7 +144,8 @@ def fit(task: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-3, seed:
   return _evaluate(run, data, last_epoch)
 
 
-def _validate(task, epochs, batch_size, validation, checkpoint_every, resume, out, compare_torch):
+def _validate(task, *, epochs, batch_size, validation, checkpoint_every, resume, out,
+              compare_torch):
   if task not in TASKS:
     raise ValueError(f"fit: task must be one of {sorted(TASKS)}; got {task!r}")
   for name, value in (("epochs", epochs), ("batch_size", batch_size)):
