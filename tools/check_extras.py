@@ -1,5 +1,5 @@
 """Installs jaxsoftmax with each extra into its own clean virtual environment and runs what the
-extra promises (the snippets of tests/test_extras.py). `make extras`; minutes, not part of
+extra promises (the snippets of tests/package/test_extras.py). `make extras`; minutes, not part of
 `make test`, which checks the same promises by making other packages unimportable."""
 
 import importlib.util
@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).parents[1]
-spec = importlib.util.spec_from_file_location("test_extras", ROOT / "tests" / "test_extras.py")
+spec = importlib.util.spec_from_file_location("test_extras", ROOT / "tests" / "package" / "test_extras.py")
 extras_test = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(extras_test)
 

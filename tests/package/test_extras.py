@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 OPTIONAL = {"flax", "optax", "safetensors", "matplotlib", "rich", "torch", "mlxtend", "tokamax"}
 EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 

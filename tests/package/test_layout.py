@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).parents[1] / "jaxsoftmax"
+PACKAGE = pathlib.Path(__file__).parents[2] / "jaxsoftmax"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
 
 
@@ -78,3 +78,10 @@ def test_the_torch_mirror_sits_on_the_core_alone(name):
   allowed = ("jaxsoftmax._src", "jaxsoftmax.functional")
   imported = _imported_modules(PACKAGE / f"{name}.py")
   assert all(m.startswith(allowed) for m in imported), sorted(imported)
+
+
+def test_every_test_lives_in_the_folder_of_its_layer():
+  tests = pathlib.Path(__file__).parents[1]
+  assert not sorted(p.name for p in tests.glob("test_*.py")), "tests/ holds layer folders only"
+  folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+  assert folders == {"core", "mirror", "parity", "tutorial", "bench", "package"}, folders

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from jaxsoftmax.tutorial import checkpoints
 from jaxsoftmax.tutorial.training import fit
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def _train(out, *extra):
