@@ -26,8 +26,8 @@ def numpy_copy(value, dtype=None) -> np.ndarray:
       import ml_dtypes  # noqa: PLC0415 - a dependency of jax
 
       value = value.float().numpy().astype(ml_dtypes.bfloat16)
-      return np.array(value, dtype=dtype, copy=True, order="C")
-    value = value.numpy()
+    else:
+      value = value.numpy()
   return np.array(value, dtype=dtype, copy=True, order="C")
 
 

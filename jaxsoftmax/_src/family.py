@@ -37,7 +37,6 @@ from jaxsoftmax._src.kernels.reference import scaled
 __all__ = ["softmax", "log_softmax", "softmin"]
 
 
-
 # ----------------------------------------------------------------------------------------------
 # The rules, one custom_vjp per backend. ``axes`` and ``temperature`` are static (hashable) so they
 # are nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.

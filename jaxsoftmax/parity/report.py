@@ -88,7 +88,7 @@ def run_grid(console: Console, *, out="parity-report", ops: Sequence[str] | None
   try:
     found = versions()
   except ImportError:
-    console.print("[red]jaxsoftmax parity needs torch: pip install 'jaxsoftmax[torch]'[/red]")
+    console.print("[red]jaxsoftmax parity needs torch: pip install 'jaxsoftmax[parity]'[/red]")
     return 2
   platforms = runner.platforms()
   for p in devices or []:

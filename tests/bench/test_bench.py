@@ -34,10 +34,7 @@ def test_a_call_may_report_its_own_time():
 
 
 def test_geomean_and_speedups():
-  doc = {"rows": [
-      {"op": "softmax", "impl": i, "shape": [2, 3], "dtype": "float32", "mode": "fwd+bwd",
-       "status": "ok", "median_ms": ms} for i, ms in (("jaxsoftmax", 2.0), ("jax.nn", 3.0),
-                                                         ("torch", 4.0))]}
+  doc = _doc([_row("jaxsoftmax", 2.0), _row("jax.nn", 3.0), _row("torch", 4.0)])
   (row,) = bench.speedups(doc)
   assert row["fastest_peer"] == "jax.nn" and row["speedup"] == pytest.approx(1.5)
   assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
@@ -85,10 +82,7 @@ def test_cli_rejects_bad_shapes(capsys):
 
 
 def test_our_xla_variant_is_timed_but_never_counted_as_a_peer():
-  doc = {"rows": [
-      {"op": "softmax", "impl": i, "shape": [2, 3], "dtype": "float32", "mode": "fwd+bwd",
-       "status": "ok", "median_ms": ms} for i, ms in (("jaxsoftmax", 2.0), ("jaxsoftmax[xla]", 1.0),
-                                                         ("torch", 4.0))]}
+  doc = _doc([_row("jaxsoftmax", 2.0), _row("jaxsoftmax[xla]", 1.0), _row("torch", 4.0)])
   (row,) = bench.speedups(doc)
   assert row["fastest_peer"] == "torch" and row["speedup"] == pytest.approx(2.0)
 

@@ -1,6 +1,6 @@
 import json
 
-from jaxsoftmax import cli, parity
+from jaxsoftmax import cli
 from jaxsoftmax.parity import ops
 
 
