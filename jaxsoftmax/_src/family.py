@@ -30,7 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src import checks, dispatch, kernels
+from jaxsoftmax._src import checks, collectives, dispatch, kernels
+from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
 
@@ -155,8 +156,54 @@ def _family_kernel_bwd(opts, res, g):
 _family_kernel.defvjp(_family_kernel_fwd, _family_kernel_bwd)
 
 
-def _rule(backend, log, where, axes, temperature, negate):
-  """The custom-VJP function of ``backend``, as ``x -> y``."""
+# Sharded backend (``axis_name=``): the class axis is split over the mesh axes ``names`` inside
+# ``shard_map`` (see :mod:`jaxsoftmax._src.collectives`). Forward: local row max and sum, one
+# all-gather of those O(rows) values, the online-softmax combine. Backward: one O(rows) all-reduce
+# of the row sum the rule needs. Residual: this shard's block of ``y`` (and the mask).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _family_sharded(x, where, axis, temperature, negate, log, names):
+  return _family_sharded_fwd(x, where, axis, temperature, negate, log, names)[0]
+
+
+def _family_sharded_fwd(x, where, axis, temperature, negate, log, names):
+  xc = scaled(x, negate, temperature)
+  m = _max(xc, (axis,), where)
+  # A block whose row is empty, masked or all -inf has m = -inf: shift by 0 there, so its
+  # exponentials are 0 (not exp(-inf + inf) = NaN) and the combine gives it weight 0.
+  m_safe = jnp.where(m == NEG_INF, 0.0, m)
+  e = _keep(where, jnp.exp(xc - m_safe))
+  s = jnp.sum(e, axis=axis, keepdims=True)
+  stats = collectives.gather_stats([jnp.squeeze(m, axis), jnp.squeeze(s, axis)], names)
+  big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
+  big, total = jnp.expand_dims(big, axis), jnp.expand_dims(total, axis)
+  if log:
+    y = _keep(where, (xc - big) - jnp.log(total), NEG_INF)
+  else:  # e^{x - m_p} e^{m_p - M} / S: this block's exponentials, rescaled to the global max
+    factor = jnp.where(m == NEG_INF, 0.0, jnp.exp(m_safe - big)) / total
+    y = _keep(where, e * factor)
+  return y.astype(x.dtype), (y, where)
+
+
+def _family_sharded_bwd(axis, temperature, negate, log, names, res, g):
+  y, where = res
+  gc = _keep(where, g.astype(y.dtype))
+  if log:  # dx = g - e^y sum(g): the row sum spans every block
+    dx = gc - jnp.exp(y) * collectives.batch_sum(jnp.sum(gc, axis=axis, keepdims=True), names)
+  else:  # dx = y (g - <g, y>)
+    dot = collectives.batch_sum(jnp.sum(gc * y, axis=axis, keepdims=True), names)
+    dx = y * (gc - dot)
+  return _input_grad(dx, where, temperature, negate, g.dtype)
+
+
+_family_sharded.defvjp(_family_sharded_fwd, _family_sharded_bwd)
+
+
+def _rule(backend, log, where, axes, temperature, negate, names=()):
+  """The custom-VJP function of ``backend`` (or of the sharded path), as ``x -> y``."""
+  if names:
+    return lambda x: _family_sharded(x, where, axes[0], temperature, negate, log, names)
   if backend is dispatch.Backend.XLA:
     xla = _log_softmax_xla if log else _softmax_xla
     return lambda x: xla(x, where, axes, temperature, negate)
@@ -164,17 +211,18 @@ def _rule(backend, log, where, axes, temperature, negate):
   return lambda x: _family_kernel(x, opts)
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "backend"))
-def _family(x, where, traced_temperature, *, axes, temperature, log, negate, backend):
+@functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "backend",
+                                             "names"))
+def _family(x, where, traced_temperature, *, axes, temperature, log, negate, backend, names=()):
   """One jitted entry for the whole family; ``traced_temperature`` is None or a scalar array."""
   if where is not None:
     where = jnp.broadcast_to(where, x.shape)
   if traced_temperature is None:
-    return _rule(backend, log, where, axes, temperature, negate)(x)
+    return _rule(backend, log, where, axes, temperature, negate, names)(x)
   # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
   # so it is applied outside the custom rule; the rule then sees float32 logits.
   xc = scaled(x, False, 1.0) / traced_temperature.astype(checks.compute_dtype(x.dtype))
-  return _rule(backend, log, where, axes, 1.0, negate)(xc).astype(x.dtype)
+  return _rule(backend, log, where, axes, 1.0, negate, names)(xc).astype(x.dtype)
 
 
 def _prepare(x, axis, temperature, where, op: str):
@@ -208,8 +256,20 @@ def _prepare(x, axis, temperature, where, op: str):
   return x, axes, temperature, traced, where
 
 
-def _call(x, axis, temperature, where, implementation, *, op, log, negate):
+def _call(x, axis, temperature, where, implementation, axis_name, *, op, log, negate):
   x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
+  names = collectives.axis_names(axis_name, "axis_name", op)
+  if names:
+    if x.ndim == 0 or len(axes) != 1:
+      raise ArgumentError(
+          f"{op}: axis_name={axis_name!r} splits one class axis across shards; got axis={axis!r} "
+          f"on an array of rank {x.ndim}. Pass a single axis.")
+    if implementation == "pallas":
+      raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name (the sharded path "
+                          "is XLA's); use implementation=None or 'xla'.")
+    dispatch.check(implementation, op)
+    return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
+                   backend=dispatch.Backend.XLA, names=names)
   reshape_to = None
   if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
     x, axes, reshape_to = x.reshape(1), (0,), ()
@@ -225,7 +285,8 @@ def _call(x, axis, temperature, where, implementation, *, op, log, negate):
 def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
             temperature: float | jax.typing.ArrayLike = 1.0,
             where: jax.typing.ArrayLike | None = None,
-            implementation: str | None = None) -> jax.Array:
+            implementation: str | None = None,
+            axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""Softmax along ``axis``, optionally at a temperature and over a mask.
 
   .. math:: \mathrm{softmax}(x / T)_i = \frac{\exp((x_i - m) / T)}{\sum_j \exp((x_j - m) / T)},
@@ -239,6 +300,10 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
     where: optional boolean mask broadcastable to ``x``; ``False`` entries are excluded and get 0.
     implementation: ``None`` (Pallas kernels on GPU/TPU where they apply, else XLA), ``"xla"``
       or ``"pallas"`` (forced; Pallas' interpreter on CPU). See :mod:`jaxsoftmax._src.kernels`.
+    axis_name: inside ``jax.shard_map``, the mesh axis (or tuple of axes) that ``axis`` is split
+      over in contiguous blocks: ``x`` is this shard's block and the result is the same block of
+      the softmax of the whole row, at the cost of one all-gather of two numbers per row (and one
+      all-reduce of one per row in the backward). See :mod:`jaxsoftmax._src.collectives`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -260,13 +325,15 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`log_softmax`, :func:`softmin`, :func:`jaxsoftmax.cross_entropy`.
   """
-  return _call(x, axis, temperature, where, implementation, op="softmax", log=False, negate=False)
+  return _call(x, axis, temperature, where, implementation, axis_name, op="softmax", log=False,
+               negate=False)
 
 
 def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
                 temperature: float | jax.typing.ArrayLike = 1.0,
                 where: jax.typing.ArrayLike | None = None,
-            implementation: str | None = None) -> jax.Array:
+                implementation: str | None = None,
+                axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""Log of the softmax along ``axis``, computed without forming ``log(softmax(x))``.
 
   .. math:: \log\mathrm{softmax}(x / T)_i = \frac{x_i - m}{T} - \log \sum_j \exp\frac{x_j - m}{T}
@@ -280,6 +347,7 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
     temperature: as in :func:`softmax`.
     where: optional boolean mask; ``False`` entries get ``-inf`` and zero gradient.
     implementation: as in :func:`softmax`.
+    axis_name: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -293,13 +361,14 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
 
   See also: :func:`softmax`, :func:`jaxsoftmax.nll_loss`.
   """
-  return _call(x, axis, temperature, where, implementation, op="log_softmax", log=True,
+  return _call(x, axis, temperature, where, implementation, axis_name, op="log_softmax", log=True,
                negate=False)
 
 
 def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
             where: jax.typing.ArrayLike | None = None,
-            implementation: str | None = None) -> jax.Array:
+            implementation: str | None = None,
+            axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""Softmin: ``softmax(-x)``, weights that favour the smallest entries.
 
   .. math:: \mathrm{softmin}(x)_i = \frac{\exp(-x_i)}{\sum_j \exp(-x_j)}
@@ -309,6 +378,7 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
     axis: as in :func:`softmax`.
     where: as in :func:`softmax`.
     implementation: as in :func:`softmax`.
+    axis_name: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -319,4 +389,5 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`softmax`.
   """
-  return _call(x, axis, 1.0, where, implementation, op="softmin", log=False, negate=True)
+  return _call(x, axis, 1.0, where, implementation, axis_name, op="softmin", log=False,
+               negate=True)

@@ -34,7 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src import checks, dispatch, kernels, xent
+from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel"]
@@ -298,6 +298,212 @@ _nll.defvjp(_nll_fwd, _nll_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
+# Sharded losses (``axis_name=`` / ``batch_axis_name=`` inside ``shard_map``): the class axis last,
+# this shard's block of ``c`` classes out of ``C = c P``. Each forward reduces its block to row
+# statistics, one all-gather combines them (:mod:`jaxsoftmax._src.collectives`), and the batch
+# axes add one all-reduce of ``[sum, denominator]``. The backward is local: every row coefficient
+# is in the residuals, and a label's one-hot term lands only on the shard that holds its class.
+# Cotangents are summed over the axes they vary over beyond their inputs (``reduce_like``): the
+# class weights over the batch axes, nothing else.
+
+
+def _block_stats(xc):
+  """``(m, m_safe, e, s)`` of a block: its row max, the max made 0 where the block's row is all
+  ``-inf`` (so ``e`` is 0 there, not NaN), ``e = exp(x - m_safe)`` and its row sum."""
+  m = jnp.max(xc, axis=-1, initial=-jnp.inf)
+  m_safe = jnp.where(m == -jnp.inf, 0.0, m)
+  e = jnp.exp(xc - m_safe[..., None])
+  return m, m_safe, e, jnp.sum(e, axis=-1)
+
+
+def _global_probs(e, m, big, total):
+  """This block of ``softmax(x)``: ``e^{x - m_p} e^{m_p - M} / S``."""
+  factor = jnp.where(m == -jnp.inf, 0.0, jnp.exp(jnp.where(m == -jnp.inf, 0.0, m) - big)) / total
+  return e * factor[..., None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _ce_labels_sharded(x, labels, weight, opts, axes, like):
+  return _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like)[0]
+
+
+def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
+  ct = checks.compute_dtype(x.dtype)
+  block, eps = x.shape[-1], opts.label_smoothing
+  num_classes = block * collectives.size(axes.classes)
+  xc = x.astype(ct)
+  m, m_safe, e, s = _block_stats(xc)
+  local, owns = collectives.block_labels(labels, axes.classes, block)
+  x_y = jnp.where(owns, jnp.take_along_axis(xc, local[..., None], axis=-1)[..., 0], 0.0)
+  w_loc = None if weight is None else weight.astype(ct)
+  w_y = jnp.where(owns, 1.0 if w_loc is None else jnp.take(w_loc, local), 0.0).astype(ct)
+  columns = [m, s, x_y, w_y]
+  if eps > 0.0:  # smoothing: S_p = sum_c w_c (x_c - m_p) and W_p = sum_c w_c per block
+    shifted = xc - m_safe[..., None]
+    columns.append(jnp.sum(shifted, -1) if w_loc is None else shifted @ w_loc)
+    columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
+  stats = collectives.gather_stats([c.astype(ct) for c in columns], axes.classes)
+  big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
+  z_y, w_y = jnp.sum(stats[:, 2], 0), jnp.sum(stats[:, 3], 0)
+  kept = jnp.ones(labels.shape, bool) if opts.ignore_index is None else labels != opts.ignore_index
+  in_range = (labels >= 0) & (labels < num_classes)
+  w_y = jnp.where(kept, jnp.where(in_range, w_y, jnp.nan), 0.0)
+  smooth, total_w = None, float(num_classes)
+  if eps > 0.0:  # sum_c w_c (x_c - M) = sum_p S_p + (m_p - M) W_p
+    m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
+    smooth = jnp.sum(stats[:, 4] + (m_all - big) * stats[:, 5], 0)
+    total_w = jnp.sum(stats[:, 5], 0)
+  log_s = jnp.log(total)
+  losses = xent.losses_from_stats(big, log_s, z_y, smooth, w_y, kept, total_w, eps, num_classes)
+  out, denominator = collectives.reduce_rows(
+      losses, xent.denominator(w_y, weight, opts.ignore_index), opts.reduction, axes.batch)
+  out = out.astype(x.dtype)
+  keep_x = xc if weight is not None and eps > 0.0 else None
+  probs = _global_probs(e, m, big, total)
+  return out, (probs, keep_x, big, log_s, z_y, w_y, total_w, kept, local, owns, weight,
+               denominator, out)
+
+
+def _ce_labels_sharded_bwd(opts, axes, like, res, g):
+  probs, xc, big, log_s, z_y, w_y, total_w, kept, local, owns, weight, denominator, out = res
+  ct = probs.dtype
+  block, eps = probs.shape[-1], opts.label_smoothing
+  num_classes = block * collectives.size(axes.classes)
+  row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), kept.shape, denominator,
+                                             opts.reduction), 0.0)
+  alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
+  dx = alpha[..., None] * probs
+  if eps > 0.0:
+    dx = dx - beta[..., None] * (1.0 if weight is None else weight.astype(ct))
+  dx = xent.scatter_add(dx, local, jnp.where(owns, -gamma, 0.0), block, dx.ndim - 1)
+  dweight = None
+  if weight is not None:
+    lsm_y = (z_y - big) - log_s
+    mine = kept & owns
+    dweight = xent.per_class(local, jnp.where(mine, -(1.0 - eps) * row_g * lsm_y, 0.0), block)
+    if eps > 0.0:
+      neg_lsm = log_s[..., None] - (xc - big[..., None])
+      dweight = dweight + (eps / num_classes) * jnp.sum(
+          (row_g[..., None] * neg_lsm).reshape(-1, block), axis=0)
+    dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, local, mine,
+                                            opts.reduction, weight.dtype)
+  dx, dweight = collectives.reduce_like([dx.astype(g.dtype), dweight], [like[0], like[2]])
+  return dx, None, dweight
+
+
+_ce_labels_sharded.defvjp(_ce_labels_sharded_fwd, _ce_labels_sharded_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _ce_probs_sharded(x, targets, weight, label_smoothing, reduction, axes, like):
+  return _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like)[0]
+
+
+def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like):
+  ct = checks.compute_dtype(x.dtype)
+  num_classes = x.shape[-1] * collectives.size(axes.classes)
+  xc = x.astype(ct)
+  m, m_safe, e, s = _block_stats(xc)
+  wt = _smoothed(targets, label_smoothing, num_classes, ct)
+  if weight is not None:
+    wt = wt * weight.astype(ct)
+  # Per block: T_p = sum_c wt_c and X_p = sum_c wt_c (x_c - m_p); the loss is T log S - X with
+  # X = sum_p X_p + (m_p - M) T_p (as torch: a zero target on a -inf logit gives NaN).
+  stats = collectives.gather_stats(
+      [m, s, jnp.sum(wt, -1), jnp.sum(wt * (xc - m_safe[..., None]), -1)], axes.classes)
+  big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
+  m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
+  t_sum = jnp.sum(stats[:, 2], 0)
+  losses = t_sum * jnp.log(total) - jnp.sum(stats[:, 3] + (m_all - big) * stats[:, 2], 0)
+  out, rows = collectives.reduce_rows(losses, jnp.asarray(losses.size, ct), reduction, axes.batch)
+  return out.astype(x.dtype), (xc, targets, weight, _global_probs(e, m, big, total), big,
+                               jnp.log(total), t_sum, rows)
+
+
+def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
+  xc, targets, weight, probs, big, log_s, t_sum, rows = res
+  ct = xc.dtype
+  num_classes = xc.shape[-1] * collectives.size(axes.classes)
+  row_g = xent.row_cotangent(g.astype(ct), big.shape, rows, reduction)[..., None]
+  t = _smoothed(targets, label_smoothing, num_classes, ct)
+  w_c = 1.0 if weight is None else weight.astype(ct)
+  neg_lsm = log_s[..., None] - (xc - big[..., None])
+  dx = row_g * (probs * t_sum[..., None] - t * w_c)
+  dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
+  dweight = None
+  if weight is not None:
+    dweight = jnp.sum((row_g * t * neg_lsm).reshape(-1, xc.shape[-1]), axis=0).astype(weight.dtype)
+  return tuple(collectives.reduce_like([dx.astype(g.dtype), dtargets, dweight], like))
+
+
+_ce_probs_sharded.defvjp(_ce_probs_sharded_fwd, _ce_probs_sharded_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _nll_sharded(log_probs, labels, weight, ignore_index, reduction, axes, like):
+  return _nll_sharded_fwd(log_probs, labels, weight, ignore_index, reduction, axes, like)[0]
+
+
+def _nll_sharded_fwd(log_probs, labels, weight, ignore_index, reduction, axes, like):
+  ct = checks.compute_dtype(log_probs.dtype)
+  block = log_probs.shape[-1]
+  num_classes = block * collectives.size(axes.classes)
+  local, owns = collectives.block_labels(labels, axes.classes, block)
+  picked = jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0].astype(ct)
+  w_y = 1.0 if weight is None else jnp.take(weight.astype(ct), local)
+  stats = collectives.gather_stats([jnp.where(owns, picked, 0.0),
+                                    jnp.where(owns, w_y, 0.0).astype(ct)], axes.classes)
+  picked, w_y = jnp.sum(stats[:, 0], 0), jnp.sum(stats[:, 1], 0)
+  kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+  in_range = (labels >= 0) & (labels < num_classes)
+  w_y = jnp.where(kept, jnp.where(in_range, w_y, jnp.nan), 0.0)
+  losses = jnp.where(kept, -w_y * picked, 0.0)
+  out, denominator = collectives.reduce_rows(
+      losses, xent.denominator(w_y, weight, ignore_index), reduction, axes.batch)
+  out = out.astype(log_probs.dtype)
+  return out, (local, owns, kept, w_y, weight, picked, denominator, out)
+
+
+def _nll_sharded_bwd(ignore_index, reduction, axes, like, res, g):
+  local, owns, kept, w_y, weight, picked, denominator, out = res
+  dtype = g.dtype
+  ct = checks.compute_dtype(dtype)
+  block = like[3]
+  row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), kept.shape, denominator, reduction), 0.0)
+  zeros = jnp.zeros(kept.shape + (block,), ct)
+  dlog_probs = xent.scatter_add(zeros, local, jnp.where(owns, -w_y * row_g, 0.0), block,
+                                zeros.ndim - 1).astype(dtype)
+  dweight = None
+  if weight is not None:
+    mine = kept & owns
+    dweight = xent.per_class(local, jnp.where(mine, -picked * row_g, 0.0), block)
+    dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, local, mine, reduction,
+                                            weight.dtype)
+  dlog_probs, dweight = collectives.reduce_like([dlog_probs, dweight], [like[0], like[2]])
+  return dlog_probs, None, dweight
+
+
+_nll_sharded.defvjp(_nll_sharded_fwd, _nll_sharded_bwd)
+
+
+def _sharded_loss(kind, x, labels, weight, axis, axes, **options):
+  """The sharded rule of ``kind`` ("labels", "probs", "nll") with the class axis moved last."""
+  x = jnp.moveaxis(x, axis, -1)
+  if kind == "probs":
+    labels = jnp.moveaxis(labels, axis, -1)
+  like = (collectives.varying(x), collectives.varying(labels),
+          None if weight is None else collectives.varying(weight))
+  if kind == "labels":
+    return _ce_labels_sharded(x, labels, weight, options["opts"], axes, like)
+  if kind == "probs":
+    out = _ce_probs_sharded(x, labels, weight, options["label_smoothing"], options["reduction"],
+                            axes, like)
+    return out
+  return _nll_sharded(x, labels, weight, options["ignore_index"], options["reduction"], axes,
+                      like + (x.shape[-1],))
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API: validation at trace time, then one jitted call.
 
 
@@ -327,10 +533,18 @@ def _check_labels(logits, labels, axis, op):
   )
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "opts", "indices", "checked", "backend"))
-def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, backend):
+@functools.partial(jax.jit, static_argnames=("axis", "opts", "indices", "checked", "backend",
+                                             "axes"))
+def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, backend,
+                   axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, logits.shape[axis], opts.ignore_index, "cross_entropy")
+    checks.check_labels_traced(labels, logits.shape[axis] * collectives.size(axes.classes),
+                               opts.ignore_index, "cross_entropy")
+  if axes and indices:
+    return _sharded_loss("labels", logits, labels, weight, axis, axes, opts=opts)
+  if axes:
+    return _sharded_loss("probs", logits, labels, weight, axis, axes,
+                         label_smoothing=opts.label_smoothing, reduction=opts.reduction)
   if not indices:
     return _ce_probs(logits, labels, weight, axis, opts.label_smoothing, opts.reduction)
   if backend is dispatch.Backend.XLA:
@@ -339,11 +553,27 @@ def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, back
                            backend is dispatch.Backend.PALLAS_INTERPRET)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked"))
-def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, checked=False):
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked",
+                                             "axes"))
+def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, checked=False,
+              axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, log_probs.shape[axis], ignore_index, "nll_loss")
+    checks.check_labels_traced(labels, log_probs.shape[axis] * collectives.size(axes.classes),
+                               ignore_index, "nll_loss")
+  if axes:
+    return _sharded_loss("nll", log_probs, labels, weight, axis, axes, ignore_index=ignore_index,
+                         reduction=reduction)
   return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
+
+
+def _sharding_axes(axis_name, batch_axis_name, implementation, op) -> collectives.Axes:
+  """The validated mesh axes of a sharded call (empty ``Axes`` for an unsharded one)."""
+  axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
+                                collectives.axis_names(batch_axis_name, "batch_axis_name", op), op)
+  if axes and implementation == "pallas":
+    raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name or batch_axis_name "
+                        "(the sharded path is XLA's); use implementation=None or 'xla'.")
+  return axes
 
 
 def _prepare_loss(x, labels, axis, weight, reduction, op, name):
@@ -362,7 +592,9 @@ def _prepare_loss(x, labels, axis, weight, reduction, op, name):
 def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
                   weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
                   label_smoothing: float = 0.0, reduction: str = "mean",
-                  checked: bool = False, implementation: str | None = None) -> jax.Array:
+                  checked: bool = False, implementation: str | None = None,
+                  axis_name: str | tuple[str, ...] | None = None,
+                  batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
 
   .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
@@ -385,6 +617,13 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     implementation: ``None`` (the Pallas row kernel on GPU/TPU for integer labels with the class
       axis last, else XLA), ``"xla"`` or ``"pallas"``; see :func:`jaxsoftmax.softmax`. The kernel
       forms the gradient in the forward pass (mean and sum), in one read of the logits.
+    axis_name: inside ``jax.shard_map``, the mesh axis (or axes) the class axis is split over in
+      contiguous blocks: ``logits``, probability targets and ``weight`` are this shard's blocks,
+      integer labels stay global class ids. One all-gather of a few numbers per row combines the
+      blocks; the backward needs no collective. See :mod:`jaxsoftmax._src.collectives`.
+    batch_axis_name: inside ``jax.shard_map``, the mesh axes the rows are split over: ``"mean"``
+      divides by the global sum of kept weights and ``"sum"`` sums over every shard (one
+      all-reduce of two numbers); ``"none"`` returns this shard's rows.
 
   Returns:
     A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
@@ -410,13 +649,20 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   op = "cross_entropy"
   logits, labels, indices, axis, weight, reduction = _prepare_loss(
       logits, labels, axis, weight, reduction, op, "logits")
+  axes = _sharding_axes(axis_name, batch_axis_name, implementation, op)
   ignore_index = checks.check_ignore_index(ignore_index, op)
   label_smoothing = checks.check_label_smoothing(label_smoothing, op)
   if indices:
-    checks.check_labels_in_range(labels, logits.shape[axis], ignore_index, op)
+    checks.check_labels_in_range(labels, logits.shape[axis] * collectives.size(axes.classes),
+                                 ignore_index, op)
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
+  if axes:
+    return _cross_entropy(logits, labels, weight, axis=axis,
+                          opts=LossOptions(ignore_index, label_smoothing, reduction),
+                          indices=indices, backend=dispatch.Backend.XLA, axes=axes,
+                          checked=bool(checked) and indices and not checks.is_concrete(labels))
   backend = dispatch.resolve(implementation, dispatch.KernelCall(
       op, logits.dtype, last_axis=axis == logits.ndim - 1, rows=labels.size,
       n=logits.shape[axis], empty=logits.size == 0,
@@ -429,7 +675,9 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
 
 def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, axis: int = -1,
              weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
-             reduction: str = "mean", checked: bool = False) -> jax.Array:
+             reduction: str = "mean", checked: bool = False,
+             axis_name: str | tuple[str, ...] | None = None,
+             batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""Negative log-likelihood of integer labels under given log-probabilities.
 
   .. math:: \ell_n = -w_{y_n}\, \mathrm{lp}_{n, y_n}
@@ -442,6 +690,8 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
     ignore_index: a label value whose examples contribute nothing.
     reduction: ``"mean"`` (divided by ``sum_n w[y_n]`` over kept examples), ``"sum"`` or ``"none"``.
     checked: check traced labels with checkify, as :func:`cross_entropy`.
+    axis_name: the class axis split over mesh axes inside ``shard_map``, as :func:`cross_entropy`.
+    batch_axis_name: the rows split over mesh axes, as :func:`cross_entropy`.
 
   Returns:
     A scalar, or per-example losses for ``reduction="none"``.
@@ -462,7 +712,9 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
   if not indices:
     raise DTypeError(f"{op}: labels must be integer class indices; got dtype {labels.dtype}.")
   ignore_index = checks.check_ignore_index(ignore_index, op)
-  checks.check_labels_in_range(labels, log_probs.shape[axis], ignore_index, op)
+  axes = _sharding_axes(axis_name, batch_axis_name, None, op)
+  checks.check_labels_in_range(labels, log_probs.shape[axis] * collectives.size(axes.classes),
+                               ignore_index, op)
   return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
-                   reduction=reduction,
+                   reduction=reduction, axes=axes,
                    checked=bool(checked) and not checks.is_concrete(labels))

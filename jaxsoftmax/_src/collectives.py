@@ -1,0 +1,184 @@
+"""Mesh axes for the sharded ops: validation, the one-collective combine, and gradient reduction.
+
+Inside ``jax.shard_map`` an op given ``axis_name=`` sees one contiguous block of the class axis per
+shard. Each shard reduces its block to row statistics (its max ``m_p``, its sum of exponentials
+``s_p = sum_c exp(x_c - m_p)`` and whatever additive row sums the op needs), and one all-gather of
+those O(rows) values lets every shard combine them locally with the online-softmax rule:
+
+.. math:: M = \\max_p m_p,\\qquad S = \\sum_p s_p\\, e^{m_p - M}
+
+exactly the unsharded ``max`` and ``sum(exp(x - max))`` (a shard whose row is empty or all ``-inf``
+has ``m_p = -inf`` and contributes 0). Megatron-LM and torch's ``loss_parallel`` spend three
+all-reduces here (max, sum, target logit); the all-gather carries the same numbers in one step.
+
+Gradients: inside ``shard_map`` a custom VJP must return, for each input, a cotangent that varies
+over exactly the mesh axes its input varies over (its ``manual_axis_type``). :func:`reduce_like`
+sums each cotangent over the axes it varies over beyond its input's: ``dx`` over the class axes
+(the rows' contributions from every vocabulary block), ``dw`` and class weights over the batch axes.
+Cotangents that need the same reduction travel in one all-reduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsoftmax._src.errors import ArgumentError
+
+__all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
+           "batch_sum", "varying", "reduce_like", "vary_like", "sharded", "reduce_rows",
+           "block_labels", "check_axes"]
+
+Names = tuple[str, ...]
+
+
+class Axes(tuple):
+  """``(classes, batch)``: the mesh axes the class axis and the rows are split over (hashable)."""
+
+  __slots__ = ()
+
+  def __new__(cls, classes: Names = (), batch: Names = ()):
+    return super().__new__(cls, (tuple(classes), tuple(batch)))
+
+  @property
+  def classes(self) -> Names:
+    return self[0]
+
+  @property
+  def batch(self) -> Names:
+    return self[1]
+
+  def __bool__(self) -> bool:
+    return bool(self[0] or self[1])
+
+
+def _bound(name: str) -> bool:
+  try:
+    lax.axis_size(name)
+  except NameError:
+    return False
+  return True
+
+
+def axis_names(value, arg: str, op: str) -> Names:
+  """``None``, a mesh axis name or a sequence of names, as a tuple of names bound by an enclosing
+  ``shard_map`` (ArgumentError naming ``arg`` otherwise)."""
+  if value is None:
+    return ()
+  names = (value,) if isinstance(value, str) else value
+  if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+    raise TypeError(f"{op}: {arg} must be a mesh axis name or a tuple of names; got {value!r}.")
+  names = tuple(names)
+  if len(set(names)) != len(names):
+    raise ArgumentError(f"{op}: {arg}={value!r} names an axis twice.")
+  for name in names:
+    if not _bound(name):
+      raise ArgumentError(
+          f"{op}: {arg}={value!r}, but mesh axis {name!r} is not bound here. Call the op inside "
+          f"jax.shard_map over a mesh that has an axis {name!r} (or leave {arg} unset).")
+  return names
+
+
+def check_axes(classes: Names, batch: Names, op: str) -> Axes:
+  """The two sets of axes must be disjoint."""
+  both = set(classes) & set(batch)
+  if both:
+    raise ArgumentError(f"{op}: axis_name and batch_axis_name share {sorted(both)}; the classes "
+                        "and the rows cannot be split over the same mesh axis here.")
+  return Axes(classes, batch)
+
+
+def size(names: Names) -> int:
+  """The number of shards along ``names`` (1 for none)."""
+  return lax.axis_size(names) if names else 1
+
+
+def index(names: Names):
+  """This shard's position along ``names`` (row-major over the tuple, as ``P((a, b))`` lays out
+  blocks); 0 for none."""
+  return lax.axis_index(names) if names else 0
+
+
+def gather_stats(columns, names: Names):
+  """One all-gather of row statistics: ``columns`` (each of the rows' shape) as ``[P, K, *rows]``,
+  the same on every shard. With no names, ``[1, K, *rows]`` and no collective."""
+  stacked = jnp.stack(columns)
+  if not names:
+    return stacked[None]
+  return lax.all_gather(stacked, names, to="invarying")
+
+
+def combine_max_sum(m, s):
+  """``(M, S, scale)`` from per-shard maxima and sums ``[P, *rows]``: ``M = max_p m_p``,
+  ``scale_p = exp(m_p - M)`` (0 where a shard's row is empty or all ``-inf``), ``S = sum_p
+  scale_p s_p``. NaN in any shard's row makes ``M`` and ``S`` NaN, as the unsharded op."""
+  big = jnp.max(m, axis=0)
+  scale = jnp.where(m == -jnp.inf, 0.0, jnp.exp(m - big))
+  return big, jnp.sum(scale * s, axis=0), scale
+
+
+def batch_sum(values, names: Names):
+  """``values`` (a scalar or a small vector) summed over the batch axes: one all-reduce."""
+  return lax.psum(values, names) if names else values
+
+
+def varying(x) -> frozenset:
+  """The mesh axes ``x`` varies over (empty outside ``shard_map``)."""
+  return jax.typeof(x).manual_axis_type.varying
+
+
+def reduce_like(cotangents, like):
+  """Each cotangent summed over the axes it varies over beyond the matching entry of ``like``
+  (a frozenset of axes, or None for a None cotangent); made varying where it varies less.
+  Cotangents that need the same sum share one all-reduce."""
+  out = list(cotangents)
+  groups: dict[tuple[str, ...], list[int]] = {}
+  for i, (ct, axes) in enumerate(zip(cotangents, like)):
+    if ct is None:
+      continue
+    extra = tuple(sorted(varying(ct) - axes))
+    if extra:
+      groups.setdefault(extra, []).append(i)
+  for extra, members in groups.items():
+    summed = lax.psum([out[i] for i in members], extra)
+    for i, v in zip(members, summed):
+      out[i] = v
+  for i, (ct, axes) in enumerate(zip(out, like)):
+    if ct is not None and axes - varying(ct):
+      out[i] = lax.pcast(ct, tuple(sorted(axes - varying(ct))), to="varying")
+  return out
+
+
+def vary_like(a, *arrays):
+  """``a`` made to vary over every mesh axis any of ``arrays`` varies over (scan carries)."""
+  axes = frozenset().union(*(varying(b) for b in arrays if b is not None)) - varying(a)
+  return lax.pcast(a, tuple(sorted(axes)), to="varying") if axes else a
+
+
+def sharded(*arrays) -> bool:
+  """True inside a ``shard_map`` body that manualises any axis."""
+  return any(varying(a) for a in arrays if a is not None)
+
+
+def reduce_rows(losses, denominator, reduction: str, batch: Names):
+  """``(loss, denominator)``: per-row losses reduced over this shard's rows and then over the batch
+  axes, in one all-reduce of ``[sum, denominator]`` for ``"mean"``; ``"none"`` stays local."""
+  if reduction == "none":
+    return losses, denominator
+  # The barrier keeps the per-row losses finished before the sum (see xent.reduce).
+  total = jnp.sum(lax.optimization_barrier(losses))
+  if reduction == "sum":
+    return batch_sum(total, batch), denominator
+  both = batch_sum(jnp.stack([total, jnp.asarray(denominator, total.dtype)]), batch)
+  return both[0] / both[1], both[1]
+
+
+def block_labels(labels, names: Names, block: int):
+  """``(local, owns)``: global class ids as indices into this shard's block of ``block`` classes,
+  clipped into it, and whether this shard holds each label's class."""
+  local = labels - index(names) * block
+  owns = (local >= 0) & (local < block)
+  return jnp.clip(local, 0, max(block - 1, 0)), owns
