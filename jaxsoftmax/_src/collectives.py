@@ -115,9 +115,9 @@ def combine_max_sum(m, s):
   """``(M, S, scale)`` from per-shard maxima and sums ``[P, *rows]``: ``M = max_p m_p``,
   ``scale_p = exp(m_p - M)`` (0 where a shard's row is empty or all ``-inf``), ``S = sum_p
   scale_p s_p``. NaN in any shard's row makes ``M`` and ``S`` NaN, as the unsharded op."""
-  big = jnp.max(m, axis=0)
+  big = jnp.max(m, axis=0, keepdims=True)
   scale = jnp.where(m == -jnp.inf, 0.0, jnp.exp(m - big))
-  return big, jnp.sum(scale * s, axis=0), scale
+  return big[0], jnp.sum(scale * s, axis=0), scale
 
 
 def batch_sum(values, names: Names):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoftmax._src import checks, dispatch, xent
+from jaxsoftmax._src import checks, collectives, dispatch, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 from jaxsoftmax._src.losses import LossOptions, ce_row_kernel
 
@@ -273,12 +273,192 @@ def _lce_bwd(static, res, g):
 _lce.defvjp(_lce_fwd, _lce_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "checked"))
-def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked):
+# ----------------------------------------------------------------------------------------------
+# Sharded: inside shard_map, ``w``'s V axis (with ``bias`` and ``weight``) split over the class
+# axes in contiguous blocks, the rows of ``x`` over the batch axes. Each chunk's logits are this
+# shard's (chunk, V / P) block; one all-gather per chunk combines the row statistics (one
+# collective in the program: it sits in the scan body). The gradient is formed in the same pass
+# with a unit row scale and reduced once at the end: ``dx`` over the class axes, ``dw``, ``db`` and
+# the class weights' over the batch axes in one all-reduce, and the loss with the mean's
+# denominator in another. Four collectives in all; none carries more than this shard's ``dx``.
+
+
+class _ShardedStats(NamedTuple):
+  """Per-row values that the combine produced, saved for the backward of ``"none"``."""
+
+  m: jax.Array
+  log_s: jax.Array
+  w_y: jax.Array
+  total_w: jax.Array
+
+
+def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, names, given):
+  """``(losses, stats, dz | None)`` of one chunk of block logits ``z`` [rows, V / P]."""
+  block = z.shape[1]
+  num_classes = block * collectives.size(names)
+  local, owns = collectives.block_labels(labels, names, block)
+  rows = jnp.arange(z.shape[0])
+  w_loc = None if weight is None else weight.astype(z.dtype)
+  z_y = jnp.where(owns, z[rows, local], 0.0)
+  if given is None:
+    m = jnp.max(z, axis=1)
+    m_safe = jnp.where(m == -jnp.inf, 0.0, m)
+    e = jnp.exp(z - m_safe[:, None])
+    w_y = jnp.where(owns, 1.0 if w_loc is None else jnp.take(w_loc, local), 0.0).astype(z.dtype)
+    columns = [m, jnp.sum(e, axis=1), z_y, w_y]
+    if eps > 0.0:
+      shifted = z - m_safe[:, None]
+      columns.append(jnp.sum(shifted, 1) if w_loc is None else shifted @ w_loc)
+      columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
+    stats = collectives.gather_stats(columns, names)
+    big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
+    log_s = jnp.log(total)
+    in_range = (labels >= 0) & (labels < num_classes)
+    w_y = jnp.where(kept, jnp.where(in_range, jnp.sum(stats[:, 3], 0), jnp.nan), 0.0)
+    w_y = jnp.where(valid, w_y, 0.0)
+    smooth, total_w = None, jnp.full(m.shape, float(num_classes), z.dtype)
+    if eps > 0.0:
+      m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
+      smooth = jnp.sum(stats[:, 4] + (m_all - big[None]) * stats[:, 5], 0)
+      total_w = jnp.sum(stats[:, 5], 0)
+    z_y = jnp.sum(stats[:, 2], 0)
+    losses = xent.losses_from_stats(big, log_s, z_y, smooth, w_y, kept, total_w, eps, num_classes)
+    saved = _ShardedStats(big, log_s, w_y, total_w)
+  else:
+    losses, saved = None, given
+  if row_g is None:
+    return losses, saved, None, None
+  big, log_s, w_y, total_w = saved
+  alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
+  dz = alpha[:, None] * jnp.exp(z - (big + log_s)[:, None])
+  if eps > 0.0:
+    dz = dz - beta[:, None] * (1.0 if w_loc is None else w_loc[None, :])
+  dz = xent.scatter_add(dz, local, jnp.where(owns, -gamma, 0.0), block, 1)
+  dweight = None
+  if weight is not None:  # this block's share of d loss / d weight (the mean's term comes later)
+    mine = kept & owns
+    z_y_all = jnp.where(mine, z[rows, local], 0.0)
+    nll = jnp.where(mine, log_s - (z_y_all - big), 0.0)
+    dweight = xent.per_class(local, (1.0 - eps) * row_g * nll, block)
+    if eps > 0.0:
+      kept_g = jnp.where(kept, row_g, 0.0)
+      shifted = jnp.where(kept[:, None], z - big[:, None], 0.0)
+      dweight = dweight + (eps / num_classes) * (jnp.sum(kept_g * log_s) - kept_g @ shifted)
+  return losses, saved, dz, dweight
+
+
+def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, given=None):
+  """One pass over the row chunks of this shard; as :func:`_scan`, on block logits."""
+  n = labels.shape[0]
+  eps, chunk, ct = static.loss.label_smoothing, static.chunk_size, checks.compute_dtype(x.dtype)
+  want_grad = row_scale is not None
+  seq = {"x": _chunked(x, labels, chunk), "labels": _chunked(labels, labels, chunk, -1),
+         "valid": _chunked(jnp.ones((n,), bool), labels, chunk, False)}
+  if given is not None:
+    seq["given"] = _ShardedStats(*(_chunked(a, labels, chunk) for a in given))
+  if want_grad:
+    seq["row_scale"] = _chunked(row_scale, labels, chunk)
+
+  def body(carry, inputs):
+    x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"]
+    z = _logits(x_chunk, w, b, static.vocab_first)
+    kept = valid if static.loss.ignore_index is None else valid & (
+        chunk_labels != static.loss.ignore_index)
+    row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
+    losses, saved, dz, dweight_chunk = _sharded_chunk_step(
+        z, chunk_labels, kept, valid, row_g, weight, eps, names, inputs.get("given"))
+    out = dict(saved._asdict())
+    if losses is not None:
+      out["losses"] = losses
+    if not want_grad:
+      return carry, out
+    w_ct, x_ct = (w, x_chunk) if w.dtype == ct else (w.astype(ct), x_chunk.astype(ct))
+    out["dx"] = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))
+    dw, db, dweight = carry
+    dw = dw + (_mm(dz, x_ct, ((0,), (0,))) if static.vocab_first
+               else _mm(x_ct, dz, ((0,), (0,))))
+    db = None if db is None else db + jnp.sum(dz, axis=0)
+    dweight = None if dweight is None else dweight + dweight_chunk
+    return (dw, db, dweight), out
+
+  init = None
+  if want_grad:
+    block = w.shape[0 if static.vocab_first else 1]
+    def zeros(shape):
+      return collectives.vary_like(jnp.zeros(shape, ct), x, w, labels, b, weight)
+    init = (zeros(w.shape), None if b is None else zeros((block,)),
+            None if weight is None else zeros((block,)))
+  carry, out = lax.scan(body, init, seq)
+  out = {k: val.reshape((val.shape[0] * val.shape[1],) + val.shape[2:])[:n]
+         for k, val in out.items()}
+  return carry, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _lce_sharded(x, w, b, labels, weight, static, axes, like):
+  return _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)[0]
+
+
+def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
+  ct = checks.compute_dtype(x.dtype)
+  reduction = static.loss.reduction
+  want_grad = reduction != "none"
+  grads, out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
+                             row_scale=jnp.ones(labels.shape, ct) if want_grad else None)
+  w_y = out["w_y"]
+  denominator = xent.denominator(w_y, weight, static.loss.ignore_index)
+  loss, denominator = collectives.reduce_rows(out["losses"], denominator, reduction, axes.batch)
+  loss = loss.astype(x.dtype)
+  stats = _ShardedStats(out["m"], out["log_s"], w_y, out["total_w"])
+  if not want_grad:  # per-row cotangents: the backward recomputes from the combined statistics
+    return loss, (x, w, b, labels, weight, stats, None, None, denominator, loss)
+  scale = 1.0 if reduction == "sum" else 1.0 / denominator
+  return loss, (None, None, None, labels, weight, stats, out["dx"], grads, denominator, loss,
+                scale)
+
+
+def _lce_sharded_bwd(static, axes, like, res, g):
+  if static.loss.reduction == "none":
+    x, w, b, labels, weight, stats, _, _, denominator, loss = res
+    (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
+                                           row_scale=g.astype(stats.m.dtype), given=stats)
+    grads = [out["dx"].astype(x.dtype), dw.astype(w.dtype),
+             None if b is None else db.astype(b.dtype),
+             None if dweight is None else dweight.astype(weight.dtype)]
+  else:
+    _, _, _, labels, weight, stats, dx, (dw, db, dweight), denominator, loss, scale = res
+    dtype = g.dtype
+    gs = g.astype(dw.dtype) * scale
+    if dweight is not None:
+      block = dweight.shape[0]
+      local, owns = collectives.block_labels(labels, axes.classes, block)
+      kept = owns if static.loss.ignore_index is None else owns & (
+          labels != static.loss.ignore_index)
+      dweight = xent.finish_class_weight_grad(gs * dweight, g.astype(dw.dtype), loss,
+                                              denominator, local, kept, static.loss.reduction,
+                                              weight.dtype)
+    grads = [(gs * dx).astype(dtype), (gs * dw).astype(dtype),
+             None if db is None else (gs * db).astype(dtype), dweight]
+  dx, dw, db, dweight = collectives.reduce_like(grads, [like[0], like[1], like[2], like[4]])
+  return dx, dw, db, None, dweight
+
+
+_lce_sharded.defvjp(_lce_sharded_fwd, _lce_sharded_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "checked", "axes"))
+def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, w.shape[0 if static.vocab_first else 1],
+    checks.check_labels_traced(labels, w.shape[0 if static.vocab_first else 1]
+                               * collectives.size(axes.classes),
                                static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
+  if axes:
+    x2, labels2 = x.reshape(labels.size, x.shape[-1]), labels.reshape(labels.size)
+    like = tuple(None if a is None else collectives.varying(a)
+                 for a in (x2, w, bias, labels2, weight))
+    out = _lce_sharded(x2, w, bias, labels2, weight, static, axes, like)
+    return out.reshape(batch) if static.loss.reduction == "none" else out
   out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
              static)
   return out.reshape(batch) if static.loss.reduction == "none" else out
@@ -289,7 +469,9 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
                          weight: jax.typing.ArrayLike | None = None,
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
                          reduction: str = "mean", chunk_size: int | None = None,
-                         checked: bool = False, implementation: str | None = None) -> jax.Array:
+                         checked: bool = False, implementation: str | None = None,
+                         axis_name: str | tuple[str, ...] | None = None,
+                         batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
   r"""``cross_entropy(x @ w + bias, labels, ...)`` without ever forming the (N, V) logits.
 
   .. math:: \ell_n = -\sum_c w^{cls}_c\, t_{n,c} \log\mathrm{softmax}(x_n W + b)_c
@@ -312,6 +494,13 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     implementation: ``None``, ``"xla"`` or ``"pallas"``: the chunk step (statistics, losses and
       d loss / d logits of a chunk) through the Pallas cross-entropy row kernel (the default on
       GPU/TPU) or XLA; the matmuls stay XLA's. See :func:`jaxsoftmax.softmax`.
+    axis_name: inside ``jax.shard_map``, the mesh axis (or axes) that ``w``'s V axis is split over
+      in contiguous blocks (``bias`` and ``weight`` with it); labels stay global class ids. Each
+      shard forms only its (chunk, V / P) block of logits; one all-gather of a few numbers per row
+      combines them, ``dx`` is summed over these axes once at the end.
+    batch_axis_name: inside ``jax.shard_map``, the mesh axes the rows of ``x`` are split over:
+      ``"mean"`` and ``"sum"`` reduce over every shard (one all-reduce of two numbers), and ``dw``
+      is summed over these axes once.
 
   Returns:
     A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
@@ -334,7 +523,8 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
   return validated_call(
       "linear_cross_entropy", ArgNames("x", "w", "labels", "bias"), x, w, labels, bias=bias,
       weight=weight, options=LossOptions(ignore_index, label_smoothing, reduction),
-      chunk_size=chunk_size, vocab_first=False, checked=checked, implementation=implementation)
+      chunk_size=chunk_size, vocab_first=False, checked=checked, implementation=implementation,
+      axis_name=axis_name, batch_axis_name=batch_axis_name)
 
 
 class ArgNames(NamedTuple):
@@ -347,7 +537,8 @@ class ArgNames(NamedTuple):
 
 
 def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, options: LossOptions,
-                   chunk_size, vocab_first: bool, checked: bool = False, implementation=None):
+                   chunk_size, vocab_first: bool, checked: bool = False, implementation=None,
+                   axis_name=None, batch_axis_name=None):
   """Validates and runs linear cross-entropy for the core API and torch's mirror (which names the
   arguments its way and passes torch's ``[V, D]`` weight with ``vocab_first=True``)."""
   x = checks.as_float_array(x, names.x, op)
@@ -386,7 +577,13 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
   options = LossOptions(checks.check_ignore_index(options.ignore_index, op),
                         checks.check_label_smoothing(options.label_smoothing, op),
                         checks.check_reduction(options.reduction, op))
-  checks.check_labels_in_range(labels, v, options.ignore_index, op)
+  axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
+                                collectives.axis_names(batch_axis_name, "batch_axis_name", op), op)
+  if axes and implementation == "pallas":
+    raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name or batch_axis_name "
+                        "(the sharded path is XLA's); use implementation=None or 'xla'.")
+  checks.check_labels_in_range(labels, v * collectives.size(axes.classes), options.ignore_index,
+                               op)
   n = labels.size
   dispatch.check(implementation, op)
   if chunk_size is None:
@@ -396,6 +593,8 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
   backend = dispatch.resolve(implementation, dispatch.KernelCall(
       op, x.dtype, last_axis=True, rows=min(chunk_size, n), n=v,  # the kernel sees one chunk
       empty=n == 0))
+  if axes:
+    backend = dispatch.Backend.XLA
   static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend)
-  return _linear_cross_entropy(x, w, labels, bias, weight, static=static,
+  return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,
                                checked=bool(checked) and not checks.is_concrete(labels))

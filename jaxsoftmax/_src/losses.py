@@ -351,7 +351,7 @@ def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
   smooth, total_w = None, float(num_classes)
   if eps > 0.0:  # sum_c w_c (x_c - M) = sum_p S_p + (m_p - M) W_p
     m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
-    smooth = jnp.sum(stats[:, 4] + (m_all - big) * stats[:, 5], 0)
+    smooth = jnp.sum(stats[:, 4] + (m_all - big[None]) * stats[:, 5], 0)
     total_w = jnp.sum(stats[:, 5], 0)
   log_s = jnp.log(total)
   losses = xent.losses_from_stats(big, log_s, z_y, smooth, w_y, kept, total_w, eps, num_classes)
@@ -374,7 +374,8 @@ def _ce_labels_sharded_bwd(opts, axes, like, res, g):
   alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
   dx = alpha[..., None] * probs
   if eps > 0.0:
-    dx = dx - beta[..., None] * (1.0 if weight is None else weight.astype(ct))
+    dx = dx - beta[..., None] * (1.0 if weight is None else xent.weight_along(
+        weight, dx.ndim, dx.ndim - 1, ct))
   dx = xent.scatter_add(dx, local, jnp.where(owns, -gamma, 0.0), block, dx.ndim - 1)
   dweight = None
   if weight is not None:
@@ -406,7 +407,7 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
   m, m_safe, e, s = _block_stats(xc)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
   if weight is not None:
-    wt = wt * weight.astype(ct)
+    wt = wt * xent.weight_along(weight, x.ndim, x.ndim - 1, ct)
   # Per block: T_p = sum_c wt_c and X_p = sum_c wt_c (x_c - m_p); the loss is T log S - X with
   # X = sum_p X_p + (m_p - M) T_p (as torch: a zero target on a -inf logit gives NaN).
   stats = collectives.gather_stats(
@@ -414,7 +415,7 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
   t_sum = jnp.sum(stats[:, 2], 0)
-  losses = t_sum * jnp.log(total) - jnp.sum(stats[:, 3] + (m_all - big) * stats[:, 2], 0)
+  losses = t_sum * jnp.log(total) - jnp.sum(stats[:, 3] + (m_all - big[None]) * stats[:, 2], 0)
   out, rows = collectives.reduce_rows(losses, jnp.asarray(losses.size, ct), reduction, axes.batch)
   return out.astype(x.dtype), (xc, targets, weight, _global_probs(e, m, big, total), big,
                                jnp.log(total), t_sum, rows)
@@ -426,7 +427,7 @@ def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
   num_classes = xc.shape[-1] * collectives.size(axes.classes)
   row_g = xent.row_cotangent(g.astype(ct), big.shape, rows, reduction)[..., None]
   t = _smoothed(targets, label_smoothing, num_classes, ct)
-  w_c = 1.0 if weight is None else weight.astype(ct)
+  w_c = 1.0 if weight is None else xent.weight_along(weight, xc.ndim, xc.ndim - 1, ct)
   neg_lsm = log_s[..., None] - (xc - big[..., None])
   dx = row_g * (probs * t_sum[..., None] - t * w_c)
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)

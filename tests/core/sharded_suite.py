@@ -1,0 +1,549 @@
+"""The sharded ops on 8 host devices: run by tests/core/test_sharded.py in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (skipped when fewer devices are present).
+
+Every sharded result is compared with the unsharded op on the concatenated arrays and with torch
+on the same arrays, values and gradients (one random cotangent), with the project's one tolerance
+table. Collective counts and sizes are read from the compiled HLO.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxsoftmax
+from jaxsoftmax.parity import assert_close
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (run through "
+                                "tests/core/test_sharded.py)")
+
+EXPLICIT, AUTO = AxisType.Explicit, AxisType.Auto
+MESHES = {"8": ((8,), ("tp",)), "2x4": ((2, 4), ("dp", "tp")), "4x2": ((4, 2), ("dp", "tp"))}
+
+
+def make_mesh(name="2x4", axis_type=EXPLICIT):
+  shape, names = MESHES[name]
+  return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+
+
+def batch_of(mesh):
+  return "dp" if "dp" in mesh.axis_names else None
+
+
+def run(fn, mesh, args, specs, out_spec, argnums, cotangent_seed=0):
+  """``fn`` under shard_map and jit: its output and the gradients (a seeded cotangent) w.r.t.
+  ``args[i]`` for i in ``argnums``."""
+  body = jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=out_spec)
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
+    out = jax.jit(body)(*placed)
+    cot = np.random.default_rng(cotangent_seed).normal(size=out.shape).astype(np.float32)
+
+    def loss(*diff):
+      full = list(placed)
+      for i, d in zip(argnums, diff):
+        full[i] = d
+      y = body(*full)
+      return jnp.sum(y.astype(jnp.float32) * cot)
+
+    grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(argnums)))))(
+        *[placed[i] for i in argnums])
+  return np.asarray(out.astype(jnp.float32)), [np.asarray(g.astype(jnp.float32)) for g in grads], cot
+
+
+def full_grads(fn, args, argnums, cot):
+  """The unsharded op's output and gradients with the same cotangent."""
+  def loss(*diff):
+    full = list(args)
+    for i, d in zip(argnums, diff):
+      full[i] = d
+    return jnp.sum(fn(*full).astype(jnp.float32) * cot)
+  out = fn(*args)
+  grads = jax.grad(loss, argnums=tuple(range(len(argnums))))(*[args[i] for i in argnums])
+  return np.asarray(out.astype(jnp.float32)), [np.asarray(g.astype(jnp.float32)) for g in grads]
+
+
+def torch_grads(fn, args, argnums, cot):
+  """torch's output and gradients of ``fn`` on the same arrays (float inputs in argnums)."""
+  ts = []
+  for i, a in enumerate(args):
+    a = np.asarray(a)
+    t = torch.from_numpy(a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a.copy())
+    if i in argnums:
+      t.requires_grad_(True)
+    ts.append(t)
+  out = fn(*ts)
+  out.backward(torch.from_numpy(cot).reshape(out.shape))
+  return out.detach().numpy(), [ts[i].grad.numpy() for i in argnums]
+
+
+def check_all(sharded, full, reference, dtype="float32", names=("out",)):
+  out, grads = sharded
+  for label, (ref_out, ref_grads) in (("unsharded", full), ("torch", reference)):
+    if ref_out is None:
+      continue
+    assert_close(out, ref_out, dtype, f"value vs {label}")
+    for k, (g, r) in enumerate(zip(grads, ref_grads)):
+      if r is not None:
+        assert_close(g, r, dtype, f"grad {names[k] if k < len(names) else k} vs {label}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The family: softmax, log_softmax, softmin with the class axis split.
+
+FAMILY = {"softmax": (jaxsoftmax.softmax, F.softmax), "log_softmax": (jaxsoftmax.log_softmax,
+                                                                      F.log_softmax),
+          "softmin": (jaxsoftmax.softmin, F.softmin)}
+
+
+def logits(rows=8, classes=16, seed=0, dtype=np.float32):
+  x = np.random.default_rng(seed).normal(size=(rows, classes)).astype(dtype)
+  x[0, : classes // 2] = -np.inf  # a row whose first blocks are all -inf
+  x[1, 3] = 40.0  # a dominant logit on one shard
+  return x
+
+
+@pytest.mark.parametrize("axis_type", [EXPLICIT, AUTO], ids=["explicit", "auto"])
+@pytest.mark.parametrize("mesh_name", list(MESHES))
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_family_equals_unsharded_and_torch(name, mesh_name, axis_type):
+  op, torch_op = FAMILY[name]
+  mesh = make_mesh(mesh_name, axis_type)
+  x = logits()
+  spec = P(batch_of(mesh), "tp")
+  out, grads, cot = run(lambda x: op(x, axis_name="tp"), mesh, [x], [spec], spec, (0,))
+  check_all((out, grads), full_grads(lambda x: op(x), [jnp.asarray(x)], (0,), cot),
+            torch_grads(lambda x: torch_op(x, dim=-1), [x], (0,), cot))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 3.0])
+def test_family_temperature_and_mask(temperature):
+  mesh = make_mesh()
+  x = logits()
+  mask = np.random.default_rng(1).random(x.shape) > 0.3
+  mask[2] = False  # a row masked everywhere
+  mask[3, :8] = False  # masked on half of the shards
+  spec = P("dp", "tp")
+  for op in (jaxsoftmax.softmax, jaxsoftmax.log_softmax):
+    fn = functools.partial(op, temperature=temperature)
+    out, grads, cot = run(lambda x, m: fn(x, where=m, axis_name="tp"), mesh, [x, mask],
+                          [spec, spec], spec, (0,))
+    ref = full_grads(lambda x, m: fn(x, where=m), [jnp.asarray(x), jnp.asarray(mask)], (0,), cot)
+    check_all((out, grads), ref, (None, None))
+
+
+def test_family_class_axis_first():
+  mesh = make_mesh()
+  x = logits().T.copy()  # classes along axis 0
+  spec = P("tp", "dp")
+  out, grads, cot = run(lambda x: jaxsoftmax.log_softmax(x, axis=0, axis_name="tp"), mesh, [x],
+                        [spec], spec, (0,))
+  check_all((out, grads), full_grads(lambda x: jaxsoftmax.log_softmax(x, axis=0),
+                                     [jnp.asarray(x)], (0,), cot),
+            torch_grads(lambda x: F.log_softmax(x, dim=0), [x], (0,), cot))
+
+
+def test_family_bfloat16():
+  mesh = make_mesh()
+  x = jnp.asarray(logits(), jnp.bfloat16)
+  spec = P("dp", "tp")
+  for op in (jaxsoftmax.softmax, jaxsoftmax.log_softmax):
+    out, grads, cot = run(lambda x: op(x, axis_name="tp"), mesh, [x], [spec], spec, (0,))
+    check_all((out, grads), full_grads(op, [x], (0,), cot), (None, None), dtype="bfloat16")
+
+
+def test_family_grad_of_grad_and_vmap_inside_shard_map():
+  mesh = make_mesh()
+  x = logits()
+  x[0] = 0.5  # finite everywhere for second derivatives
+  c = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+  spec = P("dp", "tp")
+
+  def local_loss(x, c):
+    return lax.psum(jnp.sum(jaxsoftmax.log_softmax(x, axis_name="tp") ** 2 * c), ("dp", "tp"))
+
+  def second(x, c):  # d/dx of <grad f(x), c>: a Hessian-vector product, inside shard_map
+    return jax.grad(lambda x: lax.psum(jnp.sum(jax.grad(local_loss)(x, c) * c), ("dp", "tp")))(x)
+
+  def vmapped(x):
+    return jax.vmap(lambda row: jaxsoftmax.softmax(row, axis_name="tp"))(x)
+
+  body = jax.shard_map(second, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+  vbody = jax.shard_map(vmapped, mesh=mesh, in_specs=spec, out_specs=spec)
+  with jax.set_mesh(mesh):
+    xs, cs = (jax.device_put(a, NamedSharding(mesh, spec)) for a in (x, c))
+    hvp, vm = jax.jit(body)(xs, cs), jax.jit(vbody)(xs)
+
+  def full_loss(x):
+    return jnp.sum(jaxsoftmax.log_softmax(x) ** 2 * c)
+
+  expected = jax.grad(lambda x: jnp.sum(jax.grad(full_loss)(x) * c))(jnp.asarray(x))
+  assert_close(hvp, expected, "float32", "Hessian-vector product")
+  assert_close(vm, jaxsoftmax.softmax(jnp.asarray(x)), "float32", "vmap")
+
+
+# ------------------------------------------------------------------------------------------------
+# cross_entropy and nll_loss: classes over tp, rows over dp, every option.
+
+N, C = 16, 32
+
+
+def labels_for(n=N, classes=C, ignore=None, seed=3):
+  y = np.random.default_rng(seed).integers(0, classes, size=n)
+  y[:4] = [classes // 2, classes // 4 - 1, 0, classes - 1]  # on shard boundaries (tp=4)
+  if ignore is not None:
+    y[4] = ignore
+    y[8:10] = ignore  # with dp=2, rows 8..15 are one dp shard: two of its rows ignored
+  return y
+
+
+def ce_case(reduction, smoothing, weighted, ignore, probs, mesh_name="2x4", dtype=np.float32):
+  mesh = make_mesh(mesh_name)
+  batch = batch_of(mesh)
+  x = logits(N, C).astype(dtype)
+  if smoothing > 0.0:  # smoothing over a -inf logit makes the loss inf (as in torch): keep finite
+    x[np.isinf(x)] = -30.0
+  weight = np.random.default_rng(4).uniform(0.5, 2.0, size=C).astype(np.float32)
+  if probs:
+    t = np.asarray(jax.nn.softmax(np.random.default_rng(5).normal(size=(N, C)) * 2), np.float32)
+    t_spec = P(batch, "tp")
+  else:
+    t, t_spec = labels_for(ignore=ignore), P(batch)
+  kw = dict(reduction=reduction, label_smoothing=smoothing)
+  if ignore is not None:
+    kw["ignore_index"] = ignore
+  args = [x, t] + ([weight] if weighted else [])
+  specs = [P(batch, "tp"), t_spec] + ([P("tp")] if weighted else [])
+  out_spec = P(batch) if reduction == "none" else P()
+
+  def sharded(x, t, w=None):
+    return jaxsoftmax.cross_entropy(x, t, weight=w, axis_name="tp", batch_axis_name=batch, **kw)
+
+  def full(x, t, w=None):
+    return jaxsoftmax.cross_entropy(x, t, weight=w, **kw)
+
+  def reference(x, t, w=None):
+    tw = None if w is None else w.detach()
+    return F.cross_entropy(x, t, weight=tw, **{"ignore_index": -100, **kw})
+
+  argnums = (0, 1) if probs else (0,)
+  all_argnums = argnums + ((2,) if weighted else ())
+  out, grads, cot = run(sharded, mesh, args, specs, out_spec, all_argnums)
+  full_out = full_grads(full, [jnp.asarray(a) for a in args], all_argnums, cot)
+  torch_out = torch_grads(reference, args, argnums, cot)
+  return (out, grads), full_out, torch_out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("ignore", [None, -100, 7], ids=["", "ignore-100", "ignore7"])
+def test_cross_entropy_labels(reduction, smoothing, weighted, ignore):
+  sharded, full, reference = ce_case(reduction, smoothing, weighted, ignore, probs=False)
+  check_all(sharded, full, (None, None))  # the weight gradient: against the unsharded op
+  check_all((sharded[0], sharded[1][:1]), reference, (None, None))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+def test_cross_entropy_probabilities(reduction, smoothing, weighted):
+  sharded, full, reference = ce_case(reduction, smoothing, weighted, None, probs=True)
+  check_all(sharded, full, (None, None))
+  check_all((sharded[0], sharded[1][:2]), reference, (None, None))
+
+
+@pytest.mark.parametrize("mesh_name", ["8", "4x2"])
+def test_cross_entropy_other_meshes(mesh_name):
+  sharded, full, reference = ce_case("mean", 0.1, True, -100, probs=False, mesh_name=mesh_name)
+  check_all(sharded, full, (None, None))
+  check_all((sharded[0], sharded[1][:1]), reference, (None, None))
+
+
+def test_cross_entropy_bfloat16():
+  (out, grads), full, _ = ce_case("mean", 0.1, True, -100, probs=False)
+  check_all((out, grads), full, (None, None))
+  mesh = make_mesh()
+  x = jnp.asarray(logits(N, C), jnp.bfloat16)
+  y = labels_for()
+  out, grads, cot = run(lambda x, y: jaxsoftmax.cross_entropy(x, y, axis_name="tp",
+                                                              batch_axis_name="dp"),
+                        mesh, [x, y], [P("dp", "tp"), P("dp")], P(), (0,))
+  check_all((out, grads), full_grads(jaxsoftmax.cross_entropy, [x, jnp.asarray(y)], (0,), cot),
+            (None, None), dtype="bfloat16")
+
+
+def test_cross_entropy_all_rows_of_a_shard_ignored():
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for()
+  y[N // 2:] = -100  # the second dp shard has no kept row; the global mean is still defined
+  spec = [P("dp", "tp"), P("dp")]
+  out, grads, cot = run(lambda x, y: jaxsoftmax.cross_entropy(
+      x, y, ignore_index=-100, axis_name="tp", batch_axis_name="dp"), mesh, [x, y], spec, P(), (0,))
+  assert np.all(grads[0][N // 2:] == 0.0)
+  check_all((out, grads), full_grads(lambda x, y: jaxsoftmax.cross_entropy(x, y, ignore_index=-100),
+                                     [jnp.asarray(x), jnp.asarray(y)], (0,), cot),
+            torch_grads(lambda x, y: F.cross_entropy(x, y), [x, y], (0,), cot))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+def test_nll_loss(reduction, weighted):
+  mesh = make_mesh()
+  lp = np.array(jax.nn.log_softmax(logits(N, C)), np.float32)
+  lp[0] = np.array(jax.nn.log_softmax(np.arange(C, dtype=np.float32)))
+  y = labels_for(ignore=-100)
+  weight = np.random.default_rng(4).uniform(0.5, 2.0, size=C).astype(np.float32)
+  args = [lp, y] + ([weight] if weighted else [])
+  specs = [P("dp", "tp"), P("dp")] + ([P("tp")] if weighted else [])
+  out_spec = P("dp") if reduction == "none" else P()
+  kw = dict(reduction=reduction, ignore_index=-100)
+  argnums = (0, 2) if weighted else (0,)
+  out, grads, cot = run(lambda lp, y, w=None: jaxsoftmax.nll_loss(
+      lp, y, weight=w, axis_name="tp", batch_axis_name="dp", **kw), mesh, args, specs, out_spec,
+      argnums)
+  full = full_grads(lambda lp, y, w=None: jaxsoftmax.nll_loss(lp, y, weight=w, **kw),
+                    [jnp.asarray(a) for a in args], argnums, cot)
+  ref = torch_grads(lambda lp, y, w=None: F.nll_loss(
+      lp, y, weight=None if w is None else w.detach(), **kw), args, (0,), cot)
+  check_all((out, grads), full, (None, None))
+  check_all((out, grads[:1]), ref, (None, None))
+
+
+# ------------------------------------------------------------------------------------------------
+# linear_cross_entropy: w's V axis over tp, rows over dp.
+
+D, V = 8, 40  # V / 4 = 10 per shard: the chunks and blocks are not powers of two
+
+
+def lce_arrays(n=24, seed=6, ignore=-100):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, D)).astype(np.float32)
+  w = (rng.normal(size=(D, V)) / np.sqrt(D)).astype(np.float32)
+  b = rng.normal(size=(V,)).astype(np.float32)
+  y = rng.integers(0, V, size=n)
+  y[:4] = [9, 10, 0, V - 1]  # shard boundaries at tp=4
+  if ignore is not None:
+    y[5] = ignore
+    y[12:18] = ignore
+  weight = rng.uniform(0.5, 2.0, size=V).astype(np.float32)
+  return x, w, b, y, weight
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("ignore", [None, -100], ids=["", "ignore"])
+def test_linear_cross_entropy(reduction, smoothing, weighted, ignore):
+  mesh = make_mesh()
+  x, w, b, y, weight = lce_arrays(ignore=ignore)
+  kw = dict(reduction=reduction, label_smoothing=smoothing, chunk_size=5)
+  if ignore is not None:
+    kw["ignore_index"] = ignore
+  cw = weight if weighted else np.ones_like(weight)
+  args = [x, w, b, y, cw]
+  specs = [P("dp", None), P(None, "tp"), P("tp"), P("dp"), P("tp")]
+  out_spec = P("dp") if reduction == "none" else P()
+
+  def sharded(x, w, b, y, cw):
+    return jaxsoftmax.linear_cross_entropy(x, w, y, bias=b, weight=cw if weighted else None,
+                                           axis_name="tp", batch_axis_name="dp", **kw)
+
+  def full(x, w, b, y, cw):
+    return jaxsoftmax.linear_cross_entropy(x, w, y, bias=b, weight=cw if weighted else None, **kw)
+
+  def reference(x, w, b, y, cw):
+    kw_t = {k: v for k, v in kw.items() if k != "chunk_size"}
+    return F.cross_entropy(x @ w + b, y, weight=cw.detach() if weighted else None, **kw_t)
+
+  argnums = (0, 1, 2, 4) if weighted else (0, 1, 2)
+  out, grads, cot = run(sharded, mesh, args, specs, out_spec, argnums)
+  check_all((out, grads), full_grads(full, [jnp.asarray(a) for a in args], argnums, cot),
+            (None, None), names=("x", "w", "bias", "weight"))
+  check_all((out, grads[:3]), torch_grads(reference, args, (0, 1, 2), cot), (None, None),
+            names=("x", "w", "bias"))
+
+
+def test_linear_cross_entropy_vocab_only_mesh_and_bfloat16():
+  mesh = make_mesh("8")
+  x, w, b, y, _ = lce_arrays(ignore=None)
+  w = np.concatenate([w, w[:, :8] * 0.5], axis=1)  # V = 48: 6 per shard
+  b = np.concatenate([b, b[:8]])
+  specs = [P(None, None), P(None, "tp"), P("tp"), P(None)]
+  for dtype, name in ((np.float32, "float32"), (jnp.bfloat16, "bfloat16")):
+    args = [jnp.asarray(a, dtype) if a.dtype.kind == "f" else a for a in (x, w, b, y)]
+    out, grads, cot = run(lambda x, w, b, y: jaxsoftmax.linear_cross_entropy(
+        x, w, y, bias=b, chunk_size=8, axis_name="tp"), mesh, args, specs, P(), (0, 1, 2))
+    full = full_grads(lambda x, w, b, y: jaxsoftmax.linear_cross_entropy(x, w, y, bias=b),
+                      args, (0, 1, 2), cot)
+    check_all((out, grads), full, (None, None), dtype=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Communication, read from the compiled HLO.
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def collectives_of(compiled_text):
+  """``[(kind, elements)]`` for every collective in an HLO module (async starts counted once)."""
+  found = []
+  for line in compiled_text.splitlines():
+    for kind in COLLECTIVES:
+      match = re.search(rf"=\s*(.*?)\s{kind}(-start)?\(", line)
+      if match:
+        shapes = re.findall(r"\w+\[([\d,]*)\]", match.group(1))
+        found.append((kind, max(int(np.prod([int(d) for d in s.split(",") if d] or [1]))
+                                for s in shapes)))
+  return found
+
+
+def compiled(fn, mesh, args, specs):
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
+    return jax.jit(fn).lower(*placed).compile()
+
+
+WIDE = 256  # classes in the communication tests: a device's block (8 x 64) dwarfs the row stats
+
+
+def test_collectives_cross_entropy_one_gather_forward_none_backward():
+  mesh = make_mesh()
+  x, y = logits(N, WIDE), labels_for(classes=WIDE)
+  specs = [P("dp", "tp"), P("dp")]
+  block = (N // 2) * (WIDE // 4)
+
+  def forward(batch, reduction, out):
+    return jax.shard_map(lambda x, y: jaxsoftmax.cross_entropy(
+        x, y, label_smoothing=0.1, reduction=reduction, axis_name="tp", batch_axis_name=batch),
+        mesh=mesh, in_specs=tuple(specs), out_specs=out)
+
+  # Per-row losses, class axis split: exactly one all-gather, of a few numbers per row.
+  fwd = collectives_of(compiled(forward(None, "none", P("dp")), mesh, [x, y], specs).as_text())
+  assert [k for k, _ in fwd] == ["all-gather"], fwd
+  assert fwd[0][1] <= 4 * 6 * (N // 2) < block, fwd  # P x 6 statistics x local rows
+  # value_and_grad of the global mean: that gather, one all-reduce of [sum, denominator], and
+  # nothing in the backward.
+  vg = collectives_of(compiled(jax.value_and_grad(forward("dp", "mean", P())), mesh, [x, y],
+                               specs).as_text())
+  assert sorted(k for k, _ in vg) == ["all-gather", "all-reduce"], vg
+  assert max(e for _, e in vg) < block, vg
+
+
+def test_collectives_softmax_backward_one_row_sized_all_reduce():
+  mesh = make_mesh()
+  x = logits(N, WIDE)
+  spec = P("dp", "tp")
+  for op in (jaxsoftmax.softmax, jaxsoftmax.log_softmax):
+    body = jax.shard_map(lambda x: op(x, axis_name="tp"), mesh=mesh, in_specs=spec,
+                         out_specs=spec)
+    found = collectives_of(compiled(lambda x: jax.vjp(body, x)[1](x)[0], mesh, [x], [spec])
+                           .as_text())
+    assert sorted(k for k, _ in found) == ["all-gather", "all-reduce"], found
+    gathered, reduced = dict(found)["all-gather"], dict(found)["all-reduce"]
+    assert gathered == 4 * 2 * (N // 2) and reduced == N // 2, found  # (m, s) per row; one sum
+
+
+def test_collectives_linear_cross_entropy_at_most_four():
+  mesh = make_mesh()
+  n = 64
+  x, w, b, y, weight = lce_arrays(n=n)
+  specs = [P("dp", None), P(None, "tp"), P("tp"), P("dp"), P("tp")]
+  body = jax.shard_map(lambda x, w, b, y, cw: jaxsoftmax.linear_cross_entropy(
+      x, w, y, bias=b, weight=cw, ignore_index=-100, label_smoothing=0.1, chunk_size=8,
+      axis_name="tp", batch_axis_name="dp"), mesh=mesh, in_specs=tuple(specs), out_specs=P())
+  vg = jax.value_and_grad(body, argnums=(0, 1, 2, 4))
+  found = collectives_of(compiled(vg, mesh, [x, w, b, y, weight], specs).as_text())
+  assert len(found) <= 4, found
+  assert [k for k, _ in found].count("all-gather") == 1, found
+  x_block = (n // 2) * D  # one device's block of x: the largest thing any collective carries
+  assert max(e for _, e in found) <= max(x_block, D * V // 4 + 2 * V // 4), found
+  assert all(e < (n // 2) * (V // 4) or kind == "all-reduce" for kind, e in found), found
+
+
+def test_linear_cross_entropy_memory_falls_with_the_vocabulary_split():
+  n, d, v = 512, 64, 8192
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  w = rng.normal(size=(d, v)).astype(np.float32) * 0.05
+  y = rng.integers(0, v, size=n)
+  temps = {}
+  for p in (1, 2, 4, 8):
+    mesh = jax.make_mesh((p,), ("tp",), axis_types=(EXPLICIT,), devices=jax.devices()[:p])
+    specs = [P(None, None), P(None, "tp"), P(None)]
+    body = jax.shard_map(lambda x, w, y: jaxsoftmax.linear_cross_entropy(
+        x, w, y, chunk_size=128, axis_name="tp"), mesh=mesh, in_specs=tuple(specs),
+        out_specs=P())
+    stats = compiled(jax.value_and_grad(body, argnums=(0, 1)), mesh, [x, w, y],
+                     specs).memory_analysis()
+    temps[p] = stats.temp_size_in_bytes
+  # Chunk logits (128 x V/P), dw (d x V/P) and its accumulator fall as 1/P; dx (n x d) does not.
+  assert temps[2] < 0.65 * temps[1] and temps[4] < 0.65 * temps[2], temps
+  assert temps[8] < 0.25 * temps[1], temps
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: errors that name the argument.
+
+
+def test_unbound_axis_name_is_a_clear_error():
+  with pytest.raises(ValueError, match="axis_name='tp'.*not bound"):
+    jaxsoftmax.softmax(jnp.ones((2, 4)), axis_name="tp")
+  with pytest.raises(ValueError, match="batch_axis_name='dp'.*not bound"):
+    jaxsoftmax.cross_entropy(jnp.ones((2, 4)), jnp.zeros(2, jnp.int32), batch_axis_name="dp")
+  with pytest.raises(TypeError, match="axis_name must be a mesh axis name"):
+    jaxsoftmax.log_softmax(jnp.ones((2, 4)), axis_name=3)
+
+
+def _inside(mesh, fn, *args, specs):
+  body = jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=P())
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
+    return jax.jit(body)(*placed)
+
+
+def test_axis_name_on_a_layout_that_cannot_honour_it():
+  mesh = make_mesh()
+  x = np.ones((8, 16), np.float32)
+  spec = [P("dp", "tp")]
+  with pytest.raises(ValueError, match="splits one class axis"):
+    _inside(mesh, lambda x: jnp.sum(jaxsoftmax.softmax(x, axis=None, axis_name="tp")), x,
+            specs=spec)
+  with pytest.raises(ValueError, match="implementation='pallas' cannot take axis_name"):
+    _inside(mesh, lambda x: jnp.sum(jaxsoftmax.softmax(x, axis_name="tp",
+                                                       implementation="pallas")), x, specs=spec)
+  with pytest.raises(ValueError, match="share"):
+    _inside(mesh, lambda x: jaxsoftmax.cross_entropy(x, jnp.zeros(4, jnp.int32), axis_name="tp",
+                                                     batch_axis_name="tp"), x, specs=spec)
+
+
+def test_weight_must_be_the_local_block():
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for()
+  weight = np.ones(C, np.float32)  # the whole weight, given replicated: wrong with axis_name
+  with pytest.raises(ValueError, match="weight"):
+    _inside(mesh, lambda x, y, w: jaxsoftmax.cross_entropy(x, y, weight=w, axis_name="tp",
+                                                           batch_axis_name="dp"),
+            x, y, weight, specs=[P("dp", "tp"), P("dp"), P(None)])
+
+
+def test_out_of_range_labels_are_nan_not_silent():
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for()
+  y[6] = C  # one past the last class: no shard holds it
+  out = _inside(mesh, lambda x, y: jaxsoftmax.cross_entropy(x, y, axis_name="tp",
+                                                            batch_axis_name="dp"),
+                x, y, specs=[P("dp", "tp"), P("dp")])
+  assert np.isnan(out)
+
