@@ -37,7 +37,8 @@ def _family_input(input, dim, dtype, name, stacklevel):
   return x, dim
 
 
-def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+            axis_name=None) -> jax.Array:
   r"""``torch.nn.functional.softmax``: :math:`\exp(x_i) / \sum_j \exp(x_j)` along ``dim``.
 
   Args:
@@ -46,6 +47,8 @@ def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> 
       for 0-, 1- and 3-d inputs, else 1) with its ``UserWarning``.
     _stacklevel: where that warning points, as in torch.
     dtype: if given, the input is cast to it before the operation (as torch's ``dtype=``).
+    axis_name: JAX-side extension: inside ``jax.shard_map``, the mesh axis (or axes) ``dim`` is
+      split over; see :func:`jaxsoftmax.softmax`.
 
   Example:
     >>> from jaxsoftmax import functional as F
@@ -53,19 +56,21 @@ def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> 
     Array([[0.09  , 0.2447, 0.6652]], dtype=float32)
   """
   x, dim = _family_input(input, dim, dtype, "softmax", _stacklevel)
-  return family.softmax(x, dim)
+  return family.softmax(x, dim, axis_name=axis_name)
 
 
-def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+                axis_name=None) -> jax.Array:
   """``torch.nn.functional.log_softmax``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "log_softmax", _stacklevel)
-  return family.log_softmax(x, dim)
+  return family.log_softmax(x, dim, axis_name=axis_name)
 
 
-def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> jax.Array:
+def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+            axis_name=None) -> jax.Array:
   """``torch.nn.functional.softmin``: ``softmax(-input)``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "softmin", _stacklevel)
-  return family.softmin(x, dim)
+  return family.softmin(x, dim, axis_name=axis_name)
 
 
 def _class_dim(x, op) -> int:
@@ -84,11 +89,14 @@ def _check_batch(x, target, op):
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
-                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> jax.Array:
+                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                  axis_name=None, batch_axis_name=None) -> jax.Array:
   r"""``torch.nn.functional.cross_entropy``: log-softmax over dim 1 (dim 0 for 1-d input) + NLL.
 
   ``input`` is ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``. ``target`` holds class indices of
   shape ``()``, ``(N)`` or ``(N, d1, ..., dK)``, or class probabilities of ``input``'s shape.
+  JAX-side extensions: ``axis_name`` (the class dim split over mesh axes inside ``shard_map``)
+  and ``batch_axis_name`` (the rows split), as :func:`jaxsoftmax.cross_entropy`.
 
   Example:
     >>> from jaxsoftmax import functional as F
@@ -119,12 +127,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
       )
     _check_batch(x, target, op)
   return losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, reduction=reduction)
+                               label_smoothing=label_smoothing, reduction=reduction,
+                               axis_name=axis_name, batch_axis_name=batch_axis_name)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
-             reduction: str = "mean") -> jax.Array:
-  """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input)."""
+             reduction: str = "mean", *, axis_name=None, batch_axis_name=None) -> jax.Array:
+  """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input);
+  ``axis_name`` / ``batch_axis_name`` as :func:`cross_entropy`."""
   op = "nll_loss"
   reduction = torch_compat.legacy_reduction(size_average, reduce, reduction)
   x = checks.as_float_array(input, "input", op)
@@ -134,7 +144,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
     raise DTypeError(f"{op}: target must hold integer class indices; got {target.dtype}.")
   _check_batch(x, target, op)
   return losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
-                          reduction=reduction)
+                         reduction=reduction, axis_name=axis_name,
+                         batch_axis_name=batch_axis_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +167,8 @@ class LinearCrossEntropyOptions:
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction: str = "mean", ignore_index: int | None = None,
-                         label_smoothing: float = 0.0, options=None) -> jax.Array:
+                         label_smoothing: float = 0.0, options=None, axis_name=None,
+                         batch_axis_name=None) -> jax.Array:
   r"""``torch.nn.functional.linear_cross_entropy``: ``cross_entropy(linear(input, W, b), target)``.
 
   ``input`` is ``(D)`` or ``(N, D)``; ``linear_weight`` is torch's ``(C, D)`` (or
@@ -167,7 +179,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   never forming the logits), whatever ``options`` is: torch's reference (``options=None``) and
   chunked paths compute the same loss. Probability targets and K-dimensional weights form the
   logits and call :func:`cross_entropy`, as torch's chunked path falls back to its reference.
-  ``ignore_index=None`` means -100 for class indices, as in torch.
+  ``ignore_index=None`` means -100 for class indices, as in torch. JAX-side extensions:
+  ``axis_name`` (``linear_weight``'s C axis split over mesh axes inside ``shard_map``) and
+  ``batch_axis_name``, as :func:`jaxsoftmax.linear_cross_entropy`; chunked path only.
   """
   op = "linear_cross_entropy"
   x = checks.as_float_array(input, "input", op)
@@ -189,7 +203,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         op, linear.ArgNames("input", "linear_weight", "target", "linear_bias"), x, w, target,
         bias=linear_bias, weight=weight, chunk_size=chunk, vocab_first=True,
         options=losses.LossOptions(-100 if ignore_index is None else ignore_index,
-                                   label_smoothing, reduction))
+                                   label_smoothing, reduction),
+        axis_name=axis_name, batch_axis_name=batch_axis_name)
+  if axis_name is not None or batch_axis_name is not None:
+    raise ArgumentError(f"{op}: axis_name and batch_axis_name need integer targets of input's "
+                        f"batch shape and a 2-d linear_weight (the chunked path); got target "
+                        f"{target.dtype} {target.shape} and linear_weight {w.shape}.")
   # The reference path: form the logits (N, C, d1, ..., dK), then cross_entropy over dim 1.
   if x.shape[-1] != w.shape[-1]:
     raise ArgumentError(f"{op}: input's in_features {x.shape[-1]} (shape {x.shape}) must equal "

@@ -30,15 +30,16 @@ class Buffer(nnx.Variable):
 class _DimModule(nnx.Module):
   _fn = None
 
-  def __init__(self, dim: int | None = None):
-    self.dim = dim
+  def __init__(self, dim: int | None = None, *, axis_name=None):
+    self.dim, self.axis_name = dim, axis_name
 
   def __call__(self, input: jax.typing.ArrayLike) -> jax.Array:
     # _stacklevel=4 makes torch's implicit-dim warning point at the caller of the module.
-    return type(self)._fn(input, self.dim, _stacklevel=4)
+    return type(self)._fn(input, self.dim, _stacklevel=4, axis_name=self.axis_name)
 
   def __repr__(self) -> str:
-    return f"{type(self).__name__}(dim={self.dim})"
+    extra = "" if self.axis_name is None else f", axis_name={self.axis_name!r}"
+    return f"{type(self).__name__}(dim={self.dim}{extra})"
 
 
 class Softmax(_DimModule):
@@ -73,9 +74,13 @@ class Softmax2d(nnx.Module):
 
 class _WeightedLoss(nnx.Module):
 
-  def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+  def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean",
+               axis_name=None, batch_axis_name=None):
     # Resolved once here, as torch's _Loss does, so the legacy warning fires at construction.
     self.reduction = torch_compat.legacy_reduction(size_average, reduce, reduction, stacklevel=5)
+    # JAX-side extensions: the class axis / rows split over mesh axes inside shard_map (the
+    # weight given here is then this shard's block).
+    self.axis_name, self.batch_axis_name = axis_name, batch_axis_name
     self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
 
   def _weight(self):
@@ -92,27 +97,30 @@ class CrossEntropyLoss(_WeightedLoss):
   """
 
   def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
-               reduction: str = "mean", label_smoothing: float = 0.0):
-    super().__init__(weight, size_average, reduce, reduction)
+               reduction: str = "mean", label_smoothing: float = 0.0, *, axis_name=None,
+               batch_axis_name=None):
+    super().__init__(weight, size_average, reduce, reduction, axis_name, batch_axis_name)
     self.ignore_index = ignore_index
     self.label_smoothing = label_smoothing
 
   def __call__(self, input, target) -> jax.Array:
     return F.cross_entropy(input, target, weight=self._weight(), ignore_index=self.ignore_index,
-                           reduction=self.reduction, label_smoothing=self.label_smoothing)
+                           reduction=self.reduction, label_smoothing=self.label_smoothing,
+                           axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)
 
 
 class NLLLoss(_WeightedLoss):
   """``torch.nn.NLLLoss``: :func:`jaxsoftmax.functional.nll_loss` as a module."""
 
   def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
-               reduction: str = "mean"):
-    super().__init__(weight, size_average, reduce, reduction)
+               reduction: str = "mean", *, axis_name=None, batch_axis_name=None):
+    super().__init__(weight, size_average, reduce, reduction, axis_name, batch_axis_name)
     self.ignore_index = ignore_index
 
   def __call__(self, input, target) -> jax.Array:
     return F.nll_loss(input, target, weight=self._weight(), ignore_index=self.ignore_index,
-                      reduction=self.reduction)
+                      reduction=self.reduction, axis_name=self.axis_name,
+                      batch_axis_name=self.batch_axis_name)
 
 
 class LinearCrossEntropyLoss(nnx.Module):
@@ -132,7 +140,7 @@ class LinearCrossEntropyLoss(nnx.Module):
   def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
                bias: bool = False, dtype=jnp.float32, reduction: str = "mean", weight=None,
                ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
-               rngs: nnx.Rngs):
+               axis_name=None, batch_axis_name=None, rngs: nnx.Rngs):
     self.num_classes, self.out_features = num_classes, tuple(out_features)
     init = torch_compat.torch_uniform(in_features)
     self.linear = nnx.Linear(in_features, num_classes * math.prod(self.out_features),
@@ -141,6 +149,7 @@ class LinearCrossEntropyLoss(nnx.Module):
     self.reduction, self.ignore_index = reduction, ignore_index
     self.label_smoothing, self.options = label_smoothing, options
     self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
+    self.axis_name, self.batch_axis_name = axis_name, batch_axis_name
 
   def __call__(self, input, target) -> jax.Array:
     kernel = self.linear.kernel[...]
@@ -158,8 +167,10 @@ class LinearCrossEntropyLoss(nnx.Module):
                                                     "linear.bias"), x, kernel, target,
           bias=bias, weight=weight, chunk_size=chunk, vocab_first=False,
           options=LossOptions(-100 if self.ignore_index is None else self.ignore_index,
-                              self.label_smoothing, self.reduction))
+                              self.label_smoothing, self.reduction),
+          axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)
     torch_weight = kernel.T.reshape((self.num_classes,) + self.out_features + (kernel.shape[0],))
     return F.linear_cross_entropy(
         input, torch_weight, target, linear_bias=bias, weight=weight, reduction=self.reduction,
-        ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options)
+        ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options,
+        axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)

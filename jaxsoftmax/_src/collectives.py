@@ -25,12 +25,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
            "batch_sum", "varying", "reduce_like", "vary_like", "sharded", "reduce_rows",
-           "block_labels", "check_axes"]
+           "block_labels", "check_axes", "entry_names", "explicit_layout", "laid_out",
+           "run_on_mesh"]
 
 Names = tuple[str, ...]
 
@@ -182,3 +185,54 @@ def block_labels(labels, names: Names, block: int):
   local = labels - index(names) * block
   owns = (local >= 0) & (local < block)
   return jnp.clip(local, 0, max(block - 1, 0)), owns
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain jit over an Explicit mesh: the ops read the layout from the argument's type and run the
+# sharded path inside a shard_map they open themselves.
+
+
+def entry_names(entry) -> Names:
+  """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def explicit_layout(x):
+  """``(mesh, spec)`` when ``x`` is laid out over Explicit mesh axes (outside any shard_map), with
+  ``spec`` one entry per dimension; None otherwise (unsharded, Auto axes, or inside shard_map)."""
+  aval = jax.typeof(x)
+  sharding = getattr(aval, "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or not getattr(mesh, "axis_names", ()) or varying(x):
+    return None
+  explicit = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit}
+  spec = tuple(sharding.spec) + (None,) * (aval.ndim - len(sharding.spec))
+  if not any(set(entry_names(e)) & explicit for e in spec):
+    return None
+  return mesh, spec
+
+
+def laid_out(a, spec):
+  """``a`` with the PartitionSpec ``spec`` (resharded only if it differs)."""
+  if a is None:
+    return None
+  current = tuple(jax.typeof(a).sharding.spec)
+  current += (None,) * (a.ndim - len(current))
+  return a if current == tuple(spec) else jax.reshard(a, P(*spec))
+
+
+def run_on_mesh(fn, mesh, args, specs, out_spec):
+  """``fn(*args)`` inside a shard_map over ``mesh``; None arguments pass through untouched."""
+  present = [i for i, a in enumerate(args) if a is not None]
+
+  def body(*given):
+    full = [None] * len(args)
+    for i, a in zip(present, given):
+      full[i] = a
+    return fn(*full)
+
+  placed = [laid_out(args[i], specs[i]) for i in present]
+  return jax.shard_map(body, mesh=mesh, in_specs=tuple(P(*specs[i]) for i in present),
+                       out_specs=P(*out_spec))(*placed)

@@ -270,6 +270,18 @@ def _call(x, axis, temperature, where, implementation, axis_name, *, op, log, ne
     dispatch.check(implementation, op)
     return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
                    backend=dispatch.Backend.XLA, names=names)
+  layout = collectives.explicit_layout(x) if len(axes) == 1 else None
+  if layout is not None and implementation != "pallas":
+    # Under jit over an Explicit mesh: the layout is in x's type, so take the sharded path.
+    mesh, spec = layout
+    classes = collectives.entry_names(spec[axes[0]])
+    where = None if where is None else jnp.broadcast_to(where, x.shape)
+
+    def body(x, where, traced):
+      return _family(x, where, traced, axes=axes, temperature=temperature, log=log,
+                     negate=negate, backend=dispatch.Backend.XLA, names=classes)
+
+    return collectives.run_on_mesh(body, mesh, [x, where, traced], [spec, spec, ()], spec)
   reshape_to = None
   if x.ndim == 0:  # torch treats a 0-d tensor as a one-element row
     x, axes, reshape_to = x.reshape(1), (0,), ()

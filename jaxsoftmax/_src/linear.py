@@ -593,8 +593,33 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
   backend = dispatch.resolve(implementation, dispatch.KernelCall(
       op, x.dtype, last_axis=True, rows=min(chunk_size, n), n=v,  # the kernel sees one chunk
       empty=n == 0))
-  if axes:
+  layouts = (None, None) if axes or implementation == "pallas" else (
+      collectives.explicit_layout(x), collectives.explicit_layout(w))
+  if axes or layouts != (None, None):
     backend = dispatch.Backend.XLA
   static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend)
+  if layouts != (None, None):  # under jit over an Explicit mesh: the layout is in the types
+    mesh = (layouts[0] or layouts[1])[0]
+    x_spec = layouts[0][1] if layouts[0] else (None,) * x.ndim
+    w_spec = layouts[1][1] if layouts[1] else (None, None)
+    d_entry, v_entry = (w_spec[1], w_spec[0]) if vocab_first else w_spec
+    if x_spec[-1] is not None or d_entry is not None:
+      raise ArgumentError(
+          f"{op}: the feature axis D is sharded ({names.x}: {x_spec[-1]!r}, {names.w}: "
+          f"{d_entry!r}); the sharded path splits rows and classes only. Replicate D first, e.g. "
+          f"jax.reshard({names.x}, P(..., None)).")
+    row_spec = x_spec[:-1]
+    axes = collectives.check_axes(
+        collectives.entry_names(v_entry),
+        tuple(a for e in row_spec for a in collectives.entry_names(e)), op)
+
+    def body(x, w, labels, bias, weight):
+      return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,
+                                   checked=False)
+
+    return collectives.run_on_mesh(
+        body, mesh, [x, w, labels, bias, weight],
+        [x_spec, w_spec, row_spec, (v_entry,), (v_entry,)],
+        row_spec if options.reduction == "none" else ())
   return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,
                                checked=bool(checked) and not checks.is_concrete(labels))

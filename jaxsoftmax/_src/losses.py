@@ -567,6 +567,15 @@ def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, check
   return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
 
 
+def _explicit_axes(spec, axis, reduction):
+  """From the logits' PartitionSpec over an Explicit mesh: the sharded call's axes, the labels'
+  spec (the logits' without the class entry) and the output's."""
+  batch = tuple(n for i, e in enumerate(spec) if i != axis for n in collectives.entry_names(e))
+  axes = collectives.Axes(collectives.entry_names(spec[axis]), batch)
+  label_spec = spec[:axis] + spec[axis + 1:]
+  return axes, label_spec, label_spec if reduction == "none" else ()
+
+
 def _sharding_axes(axis_name, batch_axis_name, implementation, op) -> collectives.Axes:
   """The validated mesh axes of a sharded call (empty ``Axes`` for an unsharded one)."""
   axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
@@ -659,6 +668,20 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
+  layout = None if axes else collectives.explicit_layout(logits)
+  if layout is not None and implementation != "pallas":
+    mesh, spec = layout
+    axes, label_spec, out_spec = _explicit_axes(spec, axis, reduction)
+
+    def body(logits, labels, weight):
+      return _cross_entropy(logits, labels, weight, axis=axis,
+                            opts=LossOptions(ignore_index, label_smoothing, reduction),
+                            indices=indices, backend=dispatch.Backend.XLA, axes=axes,
+                            checked=False)
+
+    return collectives.run_on_mesh(body, mesh, [logits, labels, weight],
+                                   [spec, label_spec if indices else spec, (spec[axis],)],
+                                   out_spec)
   if axes:
     return _cross_entropy(logits, labels, weight, axis=axis,
                           opts=LossOptions(ignore_index, label_smoothing, reduction),
@@ -716,6 +739,17 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
   axes = _sharding_axes(axis_name, batch_axis_name, None, op)
   checks.check_labels_in_range(labels, log_probs.shape[axis] * collectives.size(axes.classes),
                                ignore_index, op)
+  layout = None if axes else collectives.explicit_layout(log_probs)
+  if layout is not None:
+    mesh, spec = layout
+    axes, label_spec, out_spec = _explicit_axes(spec, axis, reduction)
+
+    def body(log_probs, labels, weight):
+      return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
+                       reduction=reduction, axes=axes)
+
+    return collectives.run_on_mesh(body, mesh, [log_probs, labels, weight],
+                                   [spec, label_spec, (spec[axis],)], out_spec)
   return _nll_loss(log_probs, labels, weight, axis=axis, ignore_index=ignore_index,
                    reduction=reduction, axes=axes,
                    checked=bool(checked) and not checks.is_concrete(labels))

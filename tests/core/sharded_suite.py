@@ -547,3 +547,88 @@ def test_out_of_range_labels_are_nan_not_silent():
                 x, y, specs=[P("dp", "tp"), P("dp")])
   assert np.isnan(out)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# The torch mirror takes the same keywords (torch's dim 1 and [V, D] weight).
+
+
+def test_mirror_functional_and_modules():
+  from jaxsoftmax import functional as JF
+  from jaxsoftmax import nn as jnn
+
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for(ignore=-100)
+  specs = [P("dp", "tp"), P("dp")]
+  cases = {
+      "F.cross_entropy": (lambda x, y: JF.cross_entropy(x, y, label_smoothing=0.1, axis_name="tp",
+                                                        batch_axis_name="dp"),
+                          lambda x, y: F.cross_entropy(x, y, label_smoothing=0.1)),
+      "nn.CrossEntropyLoss": (lambda x, y: jnn.CrossEntropyLoss(
+          reduction="sum", axis_name="tp", batch_axis_name="dp")(x, y),
+                              lambda x, y: F.cross_entropy(x, y, reduction="sum")),
+      "F.nll_loss": (lambda x, y: JF.nll_loss(JF.log_softmax(x, 1, axis_name="tp"), y,
+                                              axis_name="tp", batch_axis_name="dp"),
+                     lambda x, y: F.nll_loss(F.log_softmax(x, 1), y)),
+  }
+  for name, (sharded, reference) in cases.items():
+    out, grads, cot = run(sharded, mesh, [x, y], specs, P(), (0,))
+    check_all((out, grads), (None, None), torch_grads(reference, [x, y], (0,), cot),
+              names=(name,))
+  module = jnn.Softmax(dim=1, axis_name="tp")
+  out, grads, cot = run(module, mesh, [x], [specs[0]], specs[0], (0,))
+  check_all((out, grads), (None, None), torch_grads(lambda x: F.softmax(x, 1), [x], (0,), cot))
+  # linear_cross_entropy with torch's [V, D] weight split over its first axis.
+  xs, w, b, ys, _ = lce_arrays()
+  wt = np.ascontiguousarray(w.T)
+  out, grads, cot = run(lambda x, w, b, y: JF.linear_cross_entropy(
+      x, w, y, linear_bias=b, axis_name="tp", batch_axis_name="dp"), mesh, [xs, wt, b, ys],
+      [P("dp", None), P("tp", None), P("tp"), P("dp")], P(), (0, 1, 2))
+  check_all((out, grads), (None, None), torch_grads(
+      lambda x, w, b, y: F.cross_entropy(x @ w.T + b, y), [xs, wt, b, ys], (0, 1, 2), cot))
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain jit over an Explicit mesh: no axis_name; the ops read the layout from the types.
+
+
+def test_plain_jit_explicit_mesh_reads_the_layout():
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for(ignore=-100)
+  xs, w, b, ys, weight = lce_arrays()
+  with jax.set_mesh(mesh):
+    xl = jax.device_put(x, NamedSharding(mesh, P("dp", "tp")))
+    yl = jax.device_put(y, NamedSharding(mesh, P("dp")))
+    xsl = jax.device_put(xs, NamedSharding(mesh, P("dp", None)))
+    wl = jax.device_put(w, NamedSharding(mesh, P(None, "tp")))
+    bl = jax.device_put(b, NamedSharding(mesh, P("tp")))
+    ysl = jax.device_put(ys, NamedSharding(mesh, P("dp")))
+
+    def losses(x, y, xs, w, b, ys):
+      return (jaxsoftmax.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.1)
+              + jaxsoftmax.nll_loss(jaxsoftmax.log_softmax(x), y, ignore_index=-100)
+              + jaxsoftmax.linear_cross_entropy(xs, w, ys, bias=b, ignore_index=-100))
+
+    vg = jax.jit(jax.value_and_grad(losses, argnums=(0, 2, 3, 4)))
+    value, grads = vg(xl, yl, xsl, wl, bl, ysl)
+    text = vg.lower(xl, yl, xsl, wl, bl, ysl).compile().as_text()
+    assert jax.typeof(grads[1]).sharding.spec == P("dp", None)  # gradients keep the layout
+    softmax_spec = jax.typeof(jax.jit(jaxsoftmax.softmax)(xl)).sharding.spec
+  expected, expected_grads = jax.value_and_grad(losses, argnums=(0, 2, 3, 4))(
+      *map(jnp.asarray, (x, y, xs, w, b, ys)))
+  assert_close(value, expected, "float32", "loss")
+  for g, e in zip(grads, expected_grads):
+    assert_close(g, e, "float32", "grad")
+  assert softmax_spec == P("dp", "tp")
+  kinds = {k for k, _ in collectives_of(text)}
+  assert kinds <= {"all-gather", "all-reduce"}, collectives_of(text)  # no permutes, no resharding
+
+
+def test_plain_jit_explicit_mesh_sharded_features_are_refused():
+  mesh = make_mesh()
+  xs, w, _, ys, _ = lce_arrays()
+  with jax.set_mesh(mesh):
+    xsl = jax.device_put(xs, NamedSharding(mesh, P("dp", "tp")))
+    wl = jax.device_put(w, NamedSharding(mesh, P("tp", None)))
+    with pytest.raises(ValueError, match="feature axis D is sharded"):
+      jax.jit(jaxsoftmax.linear_cross_entropy)(xsl, wl, ys)
