@@ -85,9 +85,15 @@ def axis_names(value, arg: str, op: str) -> Names:
   return names
 
 
-def check_axes(classes: Names, batch: Names, op: str) -> Axes:
-  """The two sets of axes must be disjoint."""
+def check_axes(classes: Names, batch: Names, op: str, sequence_ok: bool = False) -> Axes:
+  """The two sets of axes must be disjoint, except that with ``sequence_ok`` the rows may be
+  split over every class axis too (sequence parallelism)."""
   both = set(classes) & set(batch)
+  if both and sequence_ok:
+    if not set(classes) <= set(batch):
+      raise ArgumentError(f"{op}: sequence parallelism splits the rows over every class axis; "
+                          f"axis_name={classes!r} but batch_axis_name={batch!r}.")
+    return Axes(classes, batch)
   if both:
     raise ArgumentError(f"{op}: axis_name and batch_axis_name share {sorted(both)}; the classes "
                         "and the rows cannot be split over the same mesh axis here.")

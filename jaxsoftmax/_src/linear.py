@@ -347,33 +347,49 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, names, given
   return losses, saved, dz, dweight
 
 
-def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, given=None):
-  """One pass over the row chunks of this shard; as :func:`_scan`, on block logits."""
+def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, given=None,
+                  sequence=False):
+  """One pass over the row chunks of this shard; as :func:`_scan`, on block logits.
+
+  ``sequence``: the rows are split over the class axes too (sequence parallelism). Each chunk of
+  rows is then gathered from every class shard (all of them need every row against their block),
+  the per-row outputs keep this shard's own rows, and the chunk's ``dx`` is reduce-scattered back.
+  """
   n = labels.shape[0]
   eps, chunk, ct = static.loss.label_smoothing, static.chunk_size, checks.compute_dtype(x.dtype)
   want_grad = row_scale is not None
   seq = {"x": _chunked(x, labels, chunk), "labels": _chunked(labels, labels, chunk, -1),
-         "valid": _chunked(jnp.ones((n,), bool), labels, chunk, False)}
+         "valid": _chunked(jnp.ones((n,), jnp.int32), labels, chunk, 0)}
   if given is not None:
     seq["given"] = _ShardedStats(*(_chunked(a, labels, chunk) for a in given))
   if want_grad:
     seq["row_scale"] = _chunked(row_scale, labels, chunk)
 
+  def rows_of_all(a):  # this chunk's rows from every class shard, in shard order
+    return lax.all_gather(a, names, axis=0, tiled=True) if sequence else a
+
+  def own_rows(a):  # back to this shard's rows
+    if not sequence:
+      return a
+    return lax.dynamic_slice_in_dim(a, collectives.index(names) * chunk, chunk, 0)
+
   def body(carry, inputs):
-    x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"]
+    inputs = jax.tree.map(rows_of_all, inputs)
+    x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"] > 0
     z = _logits(x_chunk, w, b, static.vocab_first)
     kept = valid if static.loss.ignore_index is None else valid & (
         chunk_labels != static.loss.ignore_index)
     row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
     losses, saved, dz, dweight_chunk = _sharded_chunk_step(
         z, chunk_labels, kept, valid, row_g, weight, eps, names, inputs.get("given"))
-    out = dict(saved._asdict())
+    out = {k: own_rows(v) for k, v in saved._asdict().items()}
     if losses is not None:
-      out["losses"] = losses
+      out["losses"] = own_rows(losses)
     if not want_grad:
       return carry, out
     w_ct, x_ct = (w, x_chunk) if w.dtype == ct else (w.astype(ct), x_chunk.astype(ct))
-    out["dx"] = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))
+    dx = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))
+    out["dx"] = lax.psum_scatter(dx, names, scatter_dimension=0, tiled=True) if sequence else dx
     dw, db, dweight = carry
     dw = dw + (_mm(dz, x_ct, ((0,), (0,))) if static.vocab_first
                else _mm(x_ct, dz, ((0,), (0,))))
@@ -394,6 +410,11 @@ def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, giv
   return carry, out
 
 
+def _sequence(axes) -> bool:
+  """Sequence parallelism: the rows are split over the class axes as well."""
+  return bool(set(axes.classes) & set(axes.batch))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _lce_sharded(x, w, b, labels, weight, static, axes, like):
   return _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)[0]
@@ -404,7 +425,8 @@ def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
   reduction = static.loss.reduction
   want_grad = reduction != "none"
   grads, out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
-                             row_scale=jnp.ones(labels.shape, ct) if want_grad else None)
+                             row_scale=jnp.ones(labels.shape, ct) if want_grad else None,
+                             sequence=_sequence(axes))
   w_y = out["w_y"]
   denominator = xent.denominator(w_y, weight, static.loss.ignore_index)
   loss, denominator = collectives.reduce_rows(out["losses"], denominator, reduction, axes.batch)
@@ -421,7 +443,8 @@ def _lce_sharded_bwd(static, axes, like, res, g):
   if static.loss.reduction == "none":
     x, w, b, labels, weight, stats, _, _, denominator, loss = res
     (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
-                                           row_scale=g.astype(stats.m.dtype), given=stats)
+                                           row_scale=g.astype(stats.m.dtype), given=stats,
+                                           sequence=_sequence(axes))
     grads = [out["dx"].astype(x.dtype), dw.astype(w.dtype),
              None if b is None else db.astype(b.dtype),
              None if dweight is None else dweight.astype(weight.dtype)]
@@ -431,6 +454,8 @@ def _lce_sharded_bwd(static, axes, like, res, g):
     gs = g.astype(dw.dtype) * scale
     if dweight is not None:
       block = dweight.shape[0]
+      if _sequence(axes):  # dweight holds every row of the class group: count them all
+        labels = lax.all_gather(labels, axes.classes, axis=0, tiled=True)
       local, owns = collectives.block_labels(labels, axes.classes, block)
       kept = owns if static.loss.ignore_index is None else owns & (
           labels != static.loss.ignore_index)
@@ -500,7 +525,9 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
       combines them, ``dx`` is summed over these axes once at the end.
     batch_axis_name: inside ``jax.shard_map``, the mesh axes the rows of ``x`` are split over:
       ``"mean"`` and ``"sum"`` reduce over every shard (one all-reduce of two numbers), and ``dw``
-      is summed over these axes once.
+      is summed over these axes once. Naming the class axes here too is sequence parallelism
+      (Megatron's): the rows are split over them as well, each chunk of rows is gathered from the
+      class shards as it is needed, and its ``dx`` is reduce-scattered back.
 
   Returns:
     A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
@@ -578,7 +605,8 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
                         checks.check_label_smoothing(options.label_smoothing, op),
                         checks.check_reduction(options.reduction, op))
   axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
-                                collectives.axis_names(batch_axis_name, "batch_axis_name", op), op)
+                                collectives.axis_names(batch_axis_name, "batch_axis_name", op), op,
+                                sequence_ok=True)
   if axes and implementation == "pallas":
     raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name or batch_axis_name "
                         "(the sharded path is XLA's); use implementation=None or 'xla'.")
@@ -611,7 +639,7 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
     row_spec = x_spec[:-1]
     axes = collectives.check_axes(
         collectives.entry_names(v_entry),
-        tuple(a for e in row_spec for a in collectives.entry_names(e)), op)
+        tuple(a for e in row_spec for a in collectives.entry_names(e)), op, sequence_ok=True)
 
     def body(x, w, labels, bias, weight):
       return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,

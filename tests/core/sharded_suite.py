@@ -632,3 +632,32 @@ def test_plain_jit_explicit_mesh_sharded_features_are_refused():
     wl = jax.device_put(w, NamedSharding(mesh, P("tp", None)))
     with pytest.raises(ValueError, match="feature axis D is sharded"):
       jax.jit(jaxsoftmax.linear_cross_entropy)(xsl, wl, ys)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+def test_linear_cross_entropy_sequence_parallel(reduction, weighted):
+  # Rows of x split over dp and tp, the vocabulary over tp (Megatron's sequence parallelism).
+  mesh = make_mesh()
+  x, w, b, y, weight = lce_arrays(n=32)
+  cw = weight if weighted else np.ones_like(weight)
+  kw = dict(reduction=reduction, label_smoothing=0.1, ignore_index=-100, chunk_size=3)
+  rows = ("dp", "tp")
+  specs = [P(rows, None), P(None, "tp"), P("tp"), P(rows), P("tp")]
+
+  def sharded(x, w, b, y, cw):
+    return jaxsoftmax.linear_cross_entropy(x, w, y, bias=b, weight=cw if weighted else None,
+                                           axis_name="tp", batch_axis_name=rows, **kw)
+
+  def full(x, w, b, y, cw):
+    return jaxsoftmax.linear_cross_entropy(x, w, y, bias=b, weight=cw if weighted else None, **kw)
+
+  argnums = (0, 1, 2, 4) if weighted else (0, 1, 2)
+  out, grads, cot = run(sharded, mesh, [x, w, b, y, cw], specs,
+                        P(rows) if reduction == "none" else P(), argnums)
+  check_all((out, grads), full_grads(full, [jnp.asarray(a) for a in (x, w, b, y, cw)], argnums,
+                                     cot), (None, None), names=("x", "w", "bias", "weight"))
+  with pytest.raises(ValueError, match="every class axis"):
+    _inside(mesh, lambda x, w, y: jaxsoftmax.linear_cross_entropy(
+        x, w, y, axis_name=("dp", "tp"), batch_axis_name="tp"),
+        x, w, y, specs=[P(rows, None), P(None, ("dp", "tp")), P(rows)])
