@@ -31,6 +31,9 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 def _bench(args: argparse.Namespace, console: Console) -> int:
   from jaxsoftmax.bench import command  # noqa: PLC0415
 
+  if args.sharded:
+    return command.bench_sharded(console, out=args.out, shapes=args.shapes,
+                                 reps=min(args.reps, 5))
   return command.bench(console, ops=args.ops, shapes=args.shapes, preset=args.preset,
                        dtypes=args.dtypes, modes=args.modes, impls=args.impls, reps=args.reps,
                        budget=args.budget, rss=args.rss, out=args.out, overwrite=args.overwrite,
@@ -96,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="replace today's results file instead of writing a time-stamped one")
   b.add_argument("--chart", metavar="RESULTS.json",
                  help="only (re)draw the PNG chart of a results file, e.g. one from a GPU box")
+  b.add_argument("--sharded", action="store_true",
+                 help="the sharded suite instead: linear_cross_entropy split over 1, 2, 4, 8 "
+                      "host devices and dp x tp beside GSPMD's x @ w + optax (per-device memory, "
+                      "collectives, time); --shapes takes one NxDxV (default 4096x256x32768)")
   b.add_argument("--append", action="store_true",
                  help="merge the rows into today's results file (split a long run into commands)")
   b.set_defaults(func=_bench)

@@ -614,8 +614,8 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
                                op)
   n = labels.size
   dispatch.check(implementation, op)
-  if chunk_size is None:
-    chunk_size = default_chunk_size(n, v)
+  if chunk_size is None:  # sharded: the unsharded op's chunk rows, so memory falls as 1 / P
+    chunk_size = default_chunk_size(n, v * collectives.size(axes.classes))
   elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ArgumentError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}.")
   backend = dispatch.resolve(implementation, dispatch.KernelCall(

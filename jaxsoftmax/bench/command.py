@@ -11,7 +11,31 @@ from rich.table import Table
 
 from jaxsoftmax.bench import config, measure, report
 
-__all__ = ["bench"]
+__all__ = ["bench", "bench_sharded"]
+
+
+def bench_sharded(console: Console, *, out, shapes=None, reps: int = 5) -> int:
+  """``jaxsoftmax bench --sharded``: :mod:`jaxsoftmax.bench.sharded` on 8 host devices."""
+  from jaxsoftmax.bench import sharded  # noqa: PLC0415
+
+  n, d, v = 4096, 256, 32768
+  if shapes:
+    try:
+      n, d, v = (int(s) for s in shapes[0].lower().split("x"))
+    except ValueError:
+      console.print(f"[red]--sharded takes one shape NxDxV; got {shapes}[/red]")
+      return 2
+  with console.status("compiling and timing on 8 host devices..."):
+    doc = sharded.run_in_child(out, n=n, d=d, v=v, reps=reps)
+  table = Table("layout", "P", "provider", "temp MiB/device", "collectives", "kinds",
+                "largest MiB", "median ms", title="sharded linear cross-entropy")
+  for r in doc["rows"]:
+    table.add_row(r["layout"], str(r["devices"]), r["provider"], f"{r['temp_mib']:.1f}",
+                  str(r["collectives"]), ", ".join(r["collective_kinds"]) or "-",
+                  f"{r['largest_collective_mib']:.2f}", f"{r['median_ms']:.0f}")
+  console.print(table)
+  console.print(f"wrote {out}/sharded.json, sharded.md, sharded.png")
+  return 0
 
 
 def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, budget, rss, out,

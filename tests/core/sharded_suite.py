@@ -661,3 +661,27 @@ def test_linear_cross_entropy_sequence_parallel(reduction, weighted):
     _inside(mesh, lambda x, w, y: jaxsoftmax.linear_cross_entropy(
         x, w, y, axis_name=("dp", "tp"), batch_axis_name="tp"),
         x, w, y, specs=[P(rows, None), P(None, ("dp", "tp")), P(rows)])
+
+
+def test_plain_jit_auto_mesh_is_correct():
+  # Auto axes carry no layout in the types: the ops take the unsharded path and GSPMD partitions
+  # it. Values and gradients must still be right (its communication is not yet minimal: README).
+  mesh = make_mesh(axis_type=AUTO)
+  x, w, b, y, weight = lce_arrays(n=32)
+  logits_ = logits(N, C)
+  labels_ = labels_for(ignore=-100)
+  placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in
+            zip((x, w, y, logits_, labels_), (P("dp", None), P(None, "tp"), P("dp"),
+                                              P("dp", "tp"), P("dp")))]
+
+  def losses(x, w, y, z, t):
+    return (jaxsoftmax.linear_cross_entropy(x, w, y, ignore_index=-100, label_smoothing=0.1)
+            + jaxsoftmax.cross_entropy(z, t, ignore_index=-100)
+            + jnp.sum(jaxsoftmax.log_softmax(z)[:, 0]))
+
+  value, grads = jax.jit(jax.value_and_grad(losses, argnums=(0, 1, 3)))(*placed)
+  expected, expected_grads = jax.value_and_grad(losses, argnums=(0, 1, 3))(
+      *map(jnp.asarray, (x, w, y, logits_, labels_)))
+  assert_close(value, expected, "float32", "loss")
+  for g, e in zip(grads, expected_grads):
+    assert_close(g, e, "float32", "grad")
