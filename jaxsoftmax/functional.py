@@ -38,7 +38,7 @@ def _family_input(input, dim, dtype, name, stacklevel):
 
 
 def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
-            axis_name=None) -> jax.Array:
+            axis_name=None, num_classes=None) -> jax.Array:
   r"""``torch.nn.functional.softmax``: :math:`\exp(x_i) / \sum_j \exp(x_j)` along ``dim``.
 
   Args:
@@ -48,7 +48,8 @@ def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
     _stacklevel: where that warning points, as in torch.
     dtype: if given, the input is cast to it before the operation (as torch's ``dtype=``).
     axis_name: JAX-side extension: inside ``jax.shard_map``, the mesh axis (or axes) ``dim`` is
-      split over; see :func:`jaxsoftmax.softmax`.
+      split over; see :func:`jaxsoftmax.softmax`. ``num_classes``: the true size of a padded
+      ``dim``, likewise.
 
   Example:
     >>> from jaxsoftmax import functional as F
@@ -56,21 +57,21 @@ def softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
     Array([[0.09  , 0.2447, 0.6652]], dtype=float32)
   """
   x, dim = _family_input(input, dim, dtype, "softmax", _stacklevel)
-  return family.softmax(x, dim, axis_name=axis_name)
+  return family.softmax(x, dim, axis_name=axis_name, num_classes=num_classes)
 
 
 def log_softmax(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
-                axis_name=None) -> jax.Array:
+                axis_name=None, num_classes=None) -> jax.Array:
   """``torch.nn.functional.log_softmax``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "log_softmax", _stacklevel)
-  return family.log_softmax(x, dim, axis_name=axis_name)
+  return family.log_softmax(x, dim, axis_name=axis_name, num_classes=num_classes)
 
 
 def softmin(input, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
-            axis_name=None) -> jax.Array:
+            axis_name=None, num_classes=None) -> jax.Array:
   """``torch.nn.functional.softmin``: ``softmax(-input)``; arguments as :func:`softmax`."""
   x, dim = _family_input(input, dim, dtype, "softmin", _stacklevel)
-  return family.softmin(x, dim, axis_name=axis_name)
+  return family.softmin(x, dim, axis_name=axis_name, num_classes=num_classes)
 
 
 def _class_dim(x, op) -> int:
@@ -90,13 +91,14 @@ def _check_batch(x, target, op):
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
                   reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                  axis_name=None, batch_axis_name=None) -> jax.Array:
+                  axis_name=None, batch_axis_name=None, num_classes=None) -> jax.Array:
   r"""``torch.nn.functional.cross_entropy``: log-softmax over dim 1 (dim 0 for 1-d input) + NLL.
 
   ``input`` is ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``. ``target`` holds class indices of
   shape ``()``, ``(N)`` or ``(N, d1, ..., dK)``, or class probabilities of ``input``'s shape.
   JAX-side extensions: ``axis_name`` (the class dim split over mesh axes inside ``shard_map``)
-  and ``batch_axis_name`` (the rows split), as :func:`jaxsoftmax.cross_entropy`.
+  and ``batch_axis_name`` (the rows split), and ``num_classes`` (the true size of a padded class
+  dim), as :func:`jaxsoftmax.cross_entropy`.
 
   Example:
     >>> from jaxsoftmax import functional as F
@@ -128,13 +130,15 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
     _check_batch(x, target, op)
   return losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
-                               axis_name=axis_name, batch_axis_name=batch_axis_name)
+                               axis_name=axis_name, batch_axis_name=batch_axis_name,
+                               num_classes=num_classes)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
-             reduction: str = "mean", *, axis_name=None, batch_axis_name=None) -> jax.Array:
+             reduction: str = "mean", *, axis_name=None, batch_axis_name=None,
+             num_classes=None) -> jax.Array:
   """``torch.nn.functional.nll_loss`` on log-probabilities, class dim 1 (0 for 1-d input);
-  ``axis_name`` / ``batch_axis_name`` as :func:`cross_entropy`."""
+  ``axis_name`` / ``batch_axis_name`` / ``num_classes`` as :func:`cross_entropy`."""
   op = "nll_loss"
   reduction = torch_compat.legacy_reduction(size_average, reduce, reduction)
   x = checks.as_float_array(input, "input", op)
@@ -145,7 +149,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
   _check_batch(x, target, op)
   return losses.nll_loss(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                          reduction=reduction, axis_name=axis_name,
-                         batch_axis_name=batch_axis_name)
+                         batch_axis_name=batch_axis_name, num_classes=num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +172,7 @@ class LinearCrossEntropyOptions:
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction: str = "mean", ignore_index: int | None = None,
                          label_smoothing: float = 0.0, options=None, axis_name=None,
-                         batch_axis_name=None) -> jax.Array:
+                         batch_axis_name=None, num_classes=None) -> jax.Array:
   r"""``torch.nn.functional.linear_cross_entropy``: ``cross_entropy(linear(input, W, b), target)``.
 
   ``input`` is ``(D)`` or ``(N, D)``; ``linear_weight`` is torch's ``(C, D)`` (or
@@ -181,7 +185,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   logits and call :func:`cross_entropy`, as torch's chunked path falls back to its reference.
   ``ignore_index=None`` means -100 for class indices, as in torch. JAX-side extensions:
   ``axis_name`` (``linear_weight``'s C axis split over mesh axes inside ``shard_map``) and
-  ``batch_axis_name``, as :func:`jaxsoftmax.linear_cross_entropy`; chunked path only.
+  ``batch_axis_name`` and ``num_classes``, as :func:`jaxsoftmax.linear_cross_entropy`; chunked
+  path only.
   """
   op = "linear_cross_entropy"
   x = checks.as_float_array(input, "input", op)
@@ -204,8 +209,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         bias=linear_bias, weight=weight, chunk_size=chunk, vocab_first=True,
         options=losses.LossOptions(-100 if ignore_index is None else ignore_index,
                                    label_smoothing, reduction),
-        axis_name=axis_name, batch_axis_name=batch_axis_name)
-  if axis_name is not None or batch_axis_name is not None:
+        axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes)
+  if axis_name is not None or batch_axis_name is not None or num_classes is not None:
     raise ArgumentError(f"{op}: axis_name and batch_axis_name need integer targets of input's "
                         f"batch shape and a 2-d linear_weight (the chunked path); got target "
                         f"{target.dtype} {target.shape} and linear_weight {w.shape}.")

@@ -33,18 +33,19 @@ from jaxsoftmax._src.errors import ArgumentError
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
            "batch_sum", "varying", "reduce_like", "vary_like", "sharded", "reduce_rows",
            "block_labels", "check_axes", "entry_names", "explicit_layout", "laid_out",
-           "run_on_mesh"]
+           "run_on_mesh", "class_mask", "check_num_classes"]
 
 Names = tuple[str, ...]
 
 
 class Axes(tuple):
-  """``(classes, batch)``: the mesh axes the class axis and the rows are split over (hashable)."""
+  """``(classes, batch, total)``: the mesh axes the class axis and the rows are split over, and the
+  true number of classes when the blocks are padded (None: every class is real). Hashable."""
 
   __slots__ = ()
 
-  def __new__(cls, classes: Names = (), batch: Names = ()):
-    return super().__new__(cls, (tuple(classes), tuple(batch)))
+  def __new__(cls, classes: Names = (), batch: Names = (), total: int | None = None):
+    return super().__new__(cls, (tuple(classes), tuple(batch), total))
 
   @property
   def classes(self) -> Names:
@@ -53,6 +54,19 @@ class Axes(tuple):
   @property
   def batch(self) -> Names:
     return self[1]
+
+  @property
+  def total(self) -> int | None:
+    return self[2]
+
+  def num_classes(self, block: int) -> int:
+    """The number of real classes, for blocks of ``block`` classes per shard."""
+    return block * size(self.classes) if self.total is None else self.total
+
+  def class_mask(self, block: int):
+    """Which classes of this shard's block are real (None when all are); padding classes sit at
+    the end of the class axis, past ``total``."""
+    return class_mask(self.classes, block, self.total)
 
   def __bool__(self) -> bool:
     return bool(self[0] or self[1])
@@ -83,6 +97,32 @@ def axis_names(value, arg: str, op: str) -> Names:
           f"{op}: {arg}={value!r}, but mesh axis {name!r} is not bound here. Call the op inside "
           f"jax.shard_map over a mesh that has an axis {name!r} (or leave {arg} unset).")
   return names
+
+
+def class_mask(names: Names, block: int, total: int | None):
+  """``[block]`` booleans: this shard's classes whose global index is below ``total`` (None when
+  ``total`` is None)."""
+  if total is None:
+    return None
+  return index(names) * block + jnp.arange(block) < total
+
+
+def check_num_classes(num_classes, block: int, names: Names, op: str) -> int | None:
+  """Validates ``num_classes=`` (the true class count of padded blocks): an int in
+  ``(block (P - 1), block P]``; None when it is ``block P`` (nothing padded) or not given."""
+  if num_classes is None:
+    return None
+  if not names:
+    raise ArgumentError(f"{op}: num_classes={num_classes!r} describes padded class blocks and needs "
+                        "axis_name (the mesh axis the classes are split over).")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+    raise TypeError(f"{op}: num_classes must be an int; got {num_classes!r}.")
+  full = block * size(names)
+  if not full - block < num_classes <= full:
+    raise ArgumentError(
+        f"{op}: num_classes={num_classes} does not fit {size(names)} blocks of {block} classes "
+        f"(padding must be less than one block: expected {full - block} < num_classes <= {full}).")
+  return None if num_classes == full else num_classes
 
 
 def check_axes(classes: Names, batch: Names, op: str, sequence_ok: bool = False) -> Axes:

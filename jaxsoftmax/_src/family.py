@@ -162,12 +162,18 @@ _family_kernel.defvjp(_family_kernel_fwd, _family_kernel_bwd)
 # of the row sum the rule needs. Residual: this shard's block of ``y`` (and the mask).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _family_sharded(x, where, axis, temperature, negate, log, names):
-  return _family_sharded_fwd(x, where, axis, temperature, negate, log, names)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _family_sharded(x, where, axis, temperature, negate, log, names, total):
+  return _family_sharded_fwd(x, where, axis, temperature, negate, log, names, total)[0]
 
 
-def _family_sharded_fwd(x, where, axis, temperature, negate, log, names):
+def _family_sharded_fwd(x, where, axis, temperature, negate, log, names, total):
+  mask = collectives.class_mask(names, x.shape[axis], total)
+  if mask is not None:  # padding classes past ``total``: masked out, as where=False entries
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    mask = jnp.broadcast_to(mask.reshape(shape), x.shape)
+    where = mask if where is None else where & mask
   xc = scaled(x, negate, temperature)
   m = _max(xc, (axis,), where)
   # A block whose row is empty, masked or all -inf has m = -inf: shift by 0 there, so its
@@ -186,7 +192,7 @@ def _family_sharded_fwd(x, where, axis, temperature, negate, log, names):
   return y.astype(x.dtype), (y, where)
 
 
-def _family_sharded_bwd(axis, temperature, negate, log, names, res, g):
+def _family_sharded_bwd(axis, temperature, negate, log, names, total, res, g):
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
   if log:  # dx = g - e^y sum(g): the row sum spans every block
@@ -200,10 +206,10 @@ def _family_sharded_bwd(axis, temperature, negate, log, names, res, g):
 _family_sharded.defvjp(_family_sharded_fwd, _family_sharded_bwd)
 
 
-def _rule(backend, log, where, axes, temperature, negate, names=()):
+def _rule(backend, log, where, axes, temperature, negate, names=(), total=None):
   """The custom-VJP function of ``backend`` (or of the sharded path), as ``x -> y``."""
   if names:
-    return lambda x: _family_sharded(x, where, axes[0], temperature, negate, log, names)
+    return lambda x: _family_sharded(x, where, axes[0], temperature, negate, log, names, total)
   if backend is dispatch.Backend.XLA:
     xla = _log_softmax_xla if log else _softmax_xla
     return lambda x: xla(x, where, axes, temperature, negate)
@@ -212,17 +218,18 @@ def _rule(backend, log, where, axes, temperature, negate, names=()):
 
 
 @functools.partial(jax.jit, static_argnames=("axes", "temperature", "log", "negate", "backend",
-                                             "names"))
-def _family(x, where, traced_temperature, *, axes, temperature, log, negate, backend, names=()):
+                                             "names", "total"))
+def _family(x, where, traced_temperature, *, axes, temperature, log, negate, backend, names=(),
+            total=None):
   """One jitted entry for the whole family; ``traced_temperature`` is None or a scalar array."""
   if where is not None:
     where = jnp.broadcast_to(where, x.shape)
   if traced_temperature is None:
-    return _rule(backend, log, where, axes, temperature, negate, names)(x)
+    return _rule(backend, log, where, axes, temperature, negate, names, total)(x)
   # A temperature array stays differentiable (temperature scaling fits it by gradient descent),
   # so it is applied outside the custom rule; the rule then sees float32 logits.
   xc = scaled(x, False, 1.0) / traced_temperature.astype(checks.compute_dtype(x.dtype))
-  return _rule(backend, log, where, axes, 1.0, negate, names)(xc).astype(x.dtype)
+  return _rule(backend, log, where, axes, 1.0, negate, names, total)(xc).astype(x.dtype)
 
 
 def _prepare(x, axis, temperature, where, op: str):
@@ -256,9 +263,12 @@ def _prepare(x, axis, temperature, where, op: str):
   return x, axes, temperature, traced, where
 
 
-def _call(x, axis, temperature, where, implementation, axis_name, *, op, log, negate):
+def _call(x, axis, temperature, where, implementation, axis_name, num_classes=None, *, op, log,
+          negate):
   x, axes, temperature, traced, where = _prepare(x, axis, temperature, where, op)
   names = collectives.axis_names(axis_name, "axis_name", op)
+  if num_classes is not None and not names:
+    collectives.check_num_classes(num_classes, 1, names, op)  # raises: needs axis_name
   if names:
     if x.ndim == 0 or len(axes) != 1:
       raise ArgumentError(
@@ -268,8 +278,9 @@ def _call(x, axis, temperature, where, implementation, axis_name, *, op, log, ne
       raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name (the sharded path "
                           "is XLA's); use implementation=None or 'xla'.")
     dispatch.check(implementation, op)
+    total = collectives.check_num_classes(num_classes, x.shape[axes[0]], names, op)
     return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
-                   backend=dispatch.Backend.XLA, names=names)
+                   backend=dispatch.Backend.XLA, names=names, total=total)
   layout = collectives.explicit_layout(x) if len(axes) == 1 else None
   if layout is not None and implementation != "pallas":
     # Under jit over an Explicit mesh: the layout is in x's type, so take the sharded path.
@@ -298,7 +309,8 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
             temperature: float | jax.typing.ArrayLike = 1.0,
             where: jax.typing.ArrayLike | None = None,
             implementation: str | None = None,
-            axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+            axis_name: str | tuple[str, ...] | None = None,
+            num_classes: int | None = None) -> jax.Array:
   r"""Softmax along ``axis``, optionally at a temperature and over a mask.
 
   .. math:: \mathrm{softmax}(x / T)_i = \frac{\exp((x_i - m) / T)}{\sum_j \exp((x_j - m) / T)},
@@ -316,6 +328,9 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
       over in contiguous blocks: ``x`` is this shard's block and the result is the same block of
       the softmax of the whole row, at the cost of one all-gather of two numbers per row (and one
       all-reduce of one per row in the backward). See :mod:`jaxsoftmax._src.collectives`.
+    num_classes: with ``axis_name``, the true length of the class axis when it was padded at the
+      end to a multiple of the axis size (padding less than one block): padded entries are masked
+      out of every max, sum and gradient, and get 0 (``-inf`` for ``log_softmax``).
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -337,15 +352,16 @@ def softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`log_softmax`, :func:`softmin`, :func:`jaxsoftmax.cross_entropy`.
   """
-  return _call(x, axis, temperature, where, implementation, axis_name, op="softmax", log=False,
-               negate=False)
+  return _call(x, axis, temperature, where, implementation, axis_name, num_classes, op="softmax",
+               log=False, negate=False)
 
 
 def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
                 temperature: float | jax.typing.ArrayLike = 1.0,
                 where: jax.typing.ArrayLike | None = None,
                 implementation: str | None = None,
-                axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+                axis_name: str | tuple[str, ...] | None = None,
+                num_classes: int | None = None) -> jax.Array:
   r"""Log of the softmax along ``axis``, computed without forming ``log(softmax(x))``.
 
   .. math:: \log\mathrm{softmax}(x / T)_i = \frac{x_i - m}{T} - \log \sum_j \exp\frac{x_j - m}{T}
@@ -360,6 +376,7 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
     where: optional boolean mask; ``False`` entries get ``-inf`` and zero gradient.
     implementation: as in :func:`softmax`.
     axis_name: as in :func:`softmax`.
+    num_classes: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -373,14 +390,15 @@ def log_softmax(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1
 
   See also: :func:`softmax`, :func:`jaxsoftmax.nll_loss`.
   """
-  return _call(x, axis, temperature, where, implementation, axis_name, op="log_softmax", log=True,
-               negate=False)
+  return _call(x, axis, temperature, where, implementation, axis_name, num_classes,
+               op="log_softmax", log=True, negate=False)
 
 
 def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
             where: jax.typing.ArrayLike | None = None,
             implementation: str | None = None,
-            axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+            axis_name: str | tuple[str, ...] | None = None,
+            num_classes: int | None = None) -> jax.Array:
   r"""Softmin: ``softmax(-x)``, weights that favour the smallest entries.
 
   .. math:: \mathrm{softmin}(x)_i = \frac{\exp(-x_i)}{\sum_j \exp(-x_j)}
@@ -391,6 +409,7 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
     where: as in :func:`softmax`.
     implementation: as in :func:`softmax`.
     axis_name: as in :func:`softmax`.
+    num_classes: as in :func:`softmax`.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -401,5 +420,5 @@ def softmin(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] | None = -1, *,
 
   See also: :func:`softmax`.
   """
-  return _call(x, axis, 1.0, where, implementation, axis_name, op="softmin", log=False,
-               negate=True)
+  return _call(x, axis, 1.0, where, implementation, axis_name, num_classes, op="softmin",
+               log=False, negate=True)

@@ -292,13 +292,17 @@ class _ShardedStats(NamedTuple):
   total_w: jax.Array
 
 
-def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, names, given):
+def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given):
   """``(losses, stats, dz | None)`` of one chunk of block logits ``z`` [rows, V / P]."""
-  block = z.shape[1]
-  num_classes = block * collectives.size(names)
+  block, names = z.shape[1], axes.classes
+  num_classes = axes.num_classes(block)
+  mask = axes.class_mask(block)
   local, owns = collectives.block_labels(labels, names, block)
   rows = jnp.arange(z.shape[0])
   w_loc = None if weight is None else weight.astype(z.dtype)
+  if mask is not None:  # padding classes: -inf logits, weight 0, so nothing of them is counted
+    z = jnp.where(mask[None, :], z, -jnp.inf)
+    w_loc = jnp.where(mask, 1.0 if w_loc is None else w_loc, 0.0).astype(z.dtype)
   z_y = jnp.where(owns, z[rows, local], 0.0)
   if given is None:
     m = jnp.max(z, axis=1)
@@ -308,6 +312,8 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, names, given
     columns = [m, jnp.sum(e, axis=1), z_y, w_y]
     if eps > 0.0:
       shifted = z - m_safe[:, None]
+      if mask is not None:
+        shifted = jnp.where(mask[None, :], shifted, 0.0)
       columns.append(jnp.sum(shifted, 1) if w_loc is None else shifted @ w_loc)
       columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
     stats = collectives.gather_stats(columns, names)
@@ -343,11 +349,16 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, names, given
     if eps > 0.0:
       kept_g = jnp.where(kept, row_g, 0.0)
       shifted = jnp.where(kept[:, None], z - big[:, None], 0.0)
-      dweight = dweight + (eps / num_classes) * (jnp.sum(kept_g * log_s) - kept_g @ shifted)
+      if mask is not None:
+        shifted = jnp.where(mask[None, :], shifted, 0.0)
+      smoothing = jnp.sum(kept_g * log_s) - kept_g @ shifted
+      if mask is not None:  # the row sum reaches every real class, no padding class
+        smoothing = jnp.where(mask, smoothing, 0.0)
+      dweight = dweight + (eps / num_classes) * smoothing
   return losses, saved, dz, dweight
 
 
-def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, given=None,
+def _sharded_scan(x, w, b, labels, weight, static, axes, *, row_scale=None, given=None,
                   sequence=False):
   """One pass over the row chunks of this shard; as :func:`_scan`, on block logits.
 
@@ -355,7 +366,7 @@ def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, giv
   rows is then gathered from every class shard (all of them need every row against their block),
   the per-row outputs keep this shard's own rows, and the chunk's ``dx`` is reduce-scattered back.
   """
-  n = labels.shape[0]
+  n, names = labels.shape[0], axes.classes
   eps, chunk, ct = static.loss.label_smoothing, static.chunk_size, checks.compute_dtype(x.dtype)
   want_grad = row_scale is not None
   seq = {"x": _chunked(x, labels, chunk), "labels": _chunked(labels, labels, chunk, -1),
@@ -381,7 +392,7 @@ def _sharded_scan(x, w, b, labels, weight, static, names, *, row_scale=None, giv
         chunk_labels != static.loss.ignore_index)
     row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
     losses, saved, dz, dweight_chunk = _sharded_chunk_step(
-        z, chunk_labels, kept, valid, row_g, weight, eps, names, inputs.get("given"))
+        z, chunk_labels, kept, valid, row_g, weight, eps, axes, inputs.get("given"))
     out = {k: own_rows(v) for k, v in saved._asdict().items()}
     if losses is not None:
       out["losses"] = own_rows(losses)
@@ -424,7 +435,7 @@ def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
   ct = checks.compute_dtype(x.dtype)
   reduction = static.loss.reduction
   want_grad = reduction != "none"
-  grads, out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
+  grads, out = _sharded_scan(x, w, b, labels, weight, static, axes,
                              row_scale=jnp.ones(labels.shape, ct) if want_grad else None,
                              sequence=_sequence(axes))
   w_y = out["w_y"]
@@ -442,7 +453,7 @@ def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
 def _lce_sharded_bwd(static, axes, like, res, g):
   if static.loss.reduction == "none":
     x, w, b, labels, weight, stats, _, _, denominator, loss = res
-    (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes.classes,
+    (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes,
                                            row_scale=g.astype(stats.m.dtype), given=stats,
                                            sequence=_sequence(axes))
     grads = [out["dx"].astype(x.dtype), dw.astype(w.dtype),
@@ -474,8 +485,7 @@ _lce_sharded.defvjp(_lce_sharded_fwd, _lce_sharded_bwd)
 @functools.partial(jax.jit, static_argnames=("static", "checked", "axes"))
 def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, w.shape[0 if static.vocab_first else 1]
-                               * collectives.size(axes.classes),
+    checks.check_labels_traced(labels, axes.num_classes(w.shape[0 if static.vocab_first else 1]),
                                static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
   if axes:
@@ -496,7 +506,8 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
                          reduction: str = "mean", chunk_size: int | None = None,
                          checked: bool = False, implementation: str | None = None,
                          axis_name: str | tuple[str, ...] | None = None,
-                         batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+                         batch_axis_name: str | tuple[str, ...] | None = None,
+                         num_classes: int | None = None) -> jax.Array:
   r"""``cross_entropy(x @ w + bias, labels, ...)`` without ever forming the (N, V) logits.
 
   .. math:: \ell_n = -\sum_c w^{cls}_c\, t_{n,c} \log\mathrm{softmax}(x_n W + b)_c
@@ -528,6 +539,9 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
       is summed over these axes once. Naming the class axes here too is sequence parallelism
       (Megatron's): the rows are split over them as well, each chunk of rows is gathered from the
       class shards as it is needed, and its ``dx`` is reduce-scattered back.
+    num_classes: with ``axis_name``, the true vocabulary size when ``w``'s V axis (with ``bias``
+      and ``weight``) was padded at the end to a multiple of the axis size (less than one block):
+      padding classes never enter a max, a sum or a gradient (their columns get zero gradient).
 
   Returns:
     A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
@@ -551,7 +565,7 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
       "linear_cross_entropy", ArgNames("x", "w", "labels", "bias"), x, w, labels, bias=bias,
       weight=weight, options=LossOptions(ignore_index, label_smoothing, reduction),
       chunk_size=chunk_size, vocab_first=False, checked=checked, implementation=implementation,
-      axis_name=axis_name, batch_axis_name=batch_axis_name)
+      axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes)
 
 
 class ArgNames(NamedTuple):
@@ -565,7 +579,7 @@ class ArgNames(NamedTuple):
 
 def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, options: LossOptions,
                    chunk_size, vocab_first: bool, checked: bool = False, implementation=None,
-                   axis_name=None, batch_axis_name=None):
+                   axis_name=None, batch_axis_name=None, num_classes=None):
   """Validates and runs linear cross-entropy for the core API and torch's mirror (which names the
   arguments its way and passes torch's ``[V, D]`` weight with ``vocab_first=True``)."""
   x = checks.as_float_array(x, names.x, op)
@@ -607,10 +621,12 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
   axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
                                 collectives.axis_names(batch_axis_name, "batch_axis_name", op), op,
                                 sequence_ok=True)
+  axes = collectives.Axes(axes.classes, axes.batch,
+                          collectives.check_num_classes(num_classes, v, axes.classes, op))
   if axes and implementation == "pallas":
     raise ArgumentError(f"{op}: implementation='pallas' cannot take axis_name or batch_axis_name "
                         "(the sharded path is XLA's); use implementation=None or 'xla'.")
-  checks.check_labels_in_range(labels, v * collectives.size(axes.classes), options.ignore_index,
+  checks.check_labels_in_range(labels, axes.num_classes(v), options.ignore_index,
                                op)
   n = labels.size
   dispatch.check(implementation, op)

@@ -307,6 +307,21 @@ _nll.defvjp(_nll_fwd, _nll_bwd)
 # class weights over the batch axes, nothing else.
 
 
+def _masked(v, mask, fill=-jnp.inf):
+  """``v`` with padding classes (``mask`` False, along the last axis) set to ``fill``."""
+  return v if mask is None else jnp.where(mask, v, fill)
+
+
+def _class_weights(weight, mask, ct, ndim=1):
+  """This block's class weights in ``ct``, 0 for padding classes, shaped to broadcast along the
+  last axis of an ``ndim``-d array; None when neither is given."""
+  if mask is None:
+    w = None if weight is None else weight.astype(ct)
+  else:
+    w = jnp.where(mask, 1.0 if weight is None else weight.astype(ct), 0.0).astype(ct)
+  return None if w is None else w.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def _block_stats(xc):
   """``(m, m_safe, e, s)`` of a block: its row max, the max made 0 where the block's row is all
   ``-inf`` (so ``e`` is 0 there, not NaN), ``e = exp(x - m_safe)`` and its row sum."""
@@ -330,16 +345,17 @@ def _ce_labels_sharded(x, labels, weight, opts, axes, like):
 def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
   ct = checks.compute_dtype(x.dtype)
   block, eps = x.shape[-1], opts.label_smoothing
-  num_classes = block * collectives.size(axes.classes)
-  xc = x.astype(ct)
+  num_classes = axes.num_classes(block)
+  mask = axes.class_mask(block)
+  xc = _masked(x.astype(ct), mask)
   m, m_safe, e, s = _block_stats(xc)
   local, owns = collectives.block_labels(labels, axes.classes, block)
   x_y = jnp.where(owns, jnp.take_along_axis(xc, local[..., None], axis=-1)[..., 0], 0.0)
-  w_loc = None if weight is None else weight.astype(ct)
+  w_loc = _class_weights(weight, mask, ct)
   w_y = jnp.where(owns, 1.0 if w_loc is None else jnp.take(w_loc, local), 0.0).astype(ct)
   columns = [m, s, x_y, w_y]
   if eps > 0.0:  # smoothing: S_p = sum_c w_c (x_c - m_p) and W_p = sum_c w_c per block
-    shifted = xc - m_safe[..., None]
+    shifted = _masked(xc - m_safe[..., None], mask, 0.0)
     columns.append(jnp.sum(shifted, -1) if w_loc is None else shifted @ w_loc)
     columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
   stats = collectives.gather_stats([c.astype(ct) for c in columns], axes.classes)
@@ -368,14 +384,15 @@ def _ce_labels_sharded_bwd(opts, axes, like, res, g):
   probs, xc, big, log_s, z_y, w_y, total_w, kept, local, owns, weight, denominator, out = res
   ct = probs.dtype
   block, eps = probs.shape[-1], opts.label_smoothing
-  num_classes = block * collectives.size(axes.classes)
+  num_classes = axes.num_classes(block)
+  mask = axes.class_mask(block)
   row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), kept.shape, denominator,
                                              opts.reduction), 0.0)
   alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
   dx = alpha[..., None] * probs
   if eps > 0.0:
-    dx = dx - beta[..., None] * (1.0 if weight is None else xent.weight_along(
-        weight, dx.ndim, dx.ndim - 1, ct))
+    w_c = _class_weights(weight, mask, ct, dx.ndim)
+    dx = dx - beta[..., None] * (1.0 if w_c is None else w_c)
   dx = xent.scatter_add(dx, local, jnp.where(owns, -gamma, 0.0), block, dx.ndim - 1)
   dweight = None
   if weight is not None:
@@ -383,7 +400,7 @@ def _ce_labels_sharded_bwd(opts, axes, like, res, g):
     mine = kept & owns
     dweight = xent.per_class(local, jnp.where(mine, -(1.0 - eps) * row_g * lsm_y, 0.0), block)
     if eps > 0.0:
-      neg_lsm = log_s[..., None] - (xc - big[..., None])
+      neg_lsm = _masked(log_s[..., None] - (xc - big[..., None]), mask, 0.0)
       dweight = dweight + (eps / num_classes) * jnp.sum(
           (row_g[..., None] * neg_lsm).reshape(-1, block), axis=0)
     dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, local, mine,
@@ -402,16 +419,19 @@ def _ce_probs_sharded(x, targets, weight, label_smoothing, reduction, axes, like
 
 def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like):
   ct = checks.compute_dtype(x.dtype)
-  num_classes = x.shape[-1] * collectives.size(axes.classes)
-  xc = x.astype(ct)
+  num_classes = axes.num_classes(x.shape[-1])
+  mask = axes.class_mask(x.shape[-1])
+  xc = _masked(x.astype(ct), mask)
   m, m_safe, e, s = _block_stats(xc)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
-  if weight is not None:
-    wt = wt * xent.weight_along(weight, x.ndim, x.ndim - 1, ct)
+  w_c = _class_weights(weight, mask, ct, x.ndim)
+  if w_c is not None:
+    wt = wt * w_c
   # Per block: T_p = sum_c wt_c and X_p = sum_c wt_c (x_c - m_p); the loss is T log S - X with
   # X = sum_p X_p + (m_p - M) T_p (as torch: a zero target on a -inf logit gives NaN).
   stats = collectives.gather_stats(
-      [m, s, jnp.sum(wt, -1), jnp.sum(wt * (xc - m_safe[..., None]), -1)], axes.classes)
+      [m, s, jnp.sum(wt, -1), jnp.sum(wt * _masked(xc - m_safe[..., None], mask, 0.0), -1)],
+      axes.classes)
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
   t_sum = jnp.sum(stats[:, 2], 0)
@@ -424,11 +444,13 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
 def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
   xc, targets, weight, probs, big, log_s, t_sum, rows = res
   ct = xc.dtype
-  num_classes = xc.shape[-1] * collectives.size(axes.classes)
+  num_classes = axes.num_classes(xc.shape[-1])
+  mask = axes.class_mask(xc.shape[-1])
   row_g = xent.row_cotangent(g.astype(ct), big.shape, rows, reduction)[..., None]
-  t = _smoothed(targets, label_smoothing, num_classes, ct)
-  w_c = 1.0 if weight is None else xent.weight_along(weight, xc.ndim, xc.ndim - 1, ct)
-  neg_lsm = log_s[..., None] - (xc - big[..., None])
+  t = _masked(_smoothed(targets, label_smoothing, num_classes, ct), mask, 0.0)
+  w_c = _class_weights(weight, mask, ct, xc.ndim)
+  w_c = 1.0 if w_c is None else w_c
+  neg_lsm = _masked(log_s[..., None] - (xc - big[..., None]), mask, 0.0)
   dx = row_g * (probs * t_sum[..., None] - t * w_c)
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
   dweight = None
@@ -448,7 +470,7 @@ def _nll_sharded(log_probs, labels, weight, ignore_index, reduction, axes, like)
 def _nll_sharded_fwd(log_probs, labels, weight, ignore_index, reduction, axes, like):
   ct = checks.compute_dtype(log_probs.dtype)
   block = log_probs.shape[-1]
-  num_classes = block * collectives.size(axes.classes)
+  num_classes = axes.num_classes(block)
   local, owns = collectives.block_labels(labels, axes.classes, block)
   picked = jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0].astype(ct)
   w_y = 1.0 if weight is None else jnp.take(weight.astype(ct), local)
@@ -539,7 +561,7 @@ def _check_labels(logits, labels, axis, op):
 def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, backend,
                    axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, logits.shape[axis] * collectives.size(axes.classes),
+    checks.check_labels_traced(labels, axes.num_classes(logits.shape[axis]),
                                opts.ignore_index, "cross_entropy")
   if axes and indices:
     return _sharded_loss("labels", logits, labels, weight, axis, axes, opts=opts)
@@ -559,7 +581,7 @@ def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, back
 def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, checked=False,
               axes=collectives.Axes()):
   if checked:
-    checks.check_labels_traced(labels, log_probs.shape[axis] * collectives.size(axes.classes),
+    checks.check_labels_traced(labels, axes.num_classes(log_probs.shape[axis]),
                                ignore_index, "nll_loss")
   if axes:
     return _sharded_loss("nll", log_probs, labels, weight, axis, axes, ignore_index=ignore_index,
@@ -604,7 +626,8 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
                   label_smoothing: float = 0.0, reduction: str = "mean",
                   checked: bool = False, implementation: str | None = None,
                   axis_name: str | tuple[str, ...] | None = None,
-                  batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+                  batch_axis_name: str | tuple[str, ...] | None = None,
+                  num_classes: int | None = None) -> jax.Array:
   r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
 
   .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
@@ -634,6 +657,9 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     batch_axis_name: inside ``jax.shard_map``, the mesh axes the rows are split over: ``"mean"``
       divides by the global sum of kept weights and ``"sum"`` sums over every shard (one
       all-reduce of two numbers); ``"none"`` returns this shard's rows.
+    num_classes: with ``axis_name``, the true number of classes when the class axis was padded at
+      the end to a multiple of the axis size (less than one block of padding): padding classes
+      never enter a max, a sum or a gradient, and ``label_smoothing`` spreads over the real ones.
 
   Returns:
     A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
@@ -660,10 +686,12 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   logits, labels, indices, axis, weight, reduction = _prepare_loss(
       logits, labels, axis, weight, reduction, op, "logits")
   axes = _sharding_axes(axis_name, batch_axis_name, implementation, op)
+  axes = collectives.Axes(axes.classes, axes.batch, collectives.check_num_classes(
+      num_classes, logits.shape[axis], axes.classes, op))
   ignore_index = checks.check_ignore_index(ignore_index, op)
   label_smoothing = checks.check_label_smoothing(label_smoothing, op)
   if indices:
-    checks.check_labels_in_range(labels, logits.shape[axis] * collectives.size(axes.classes),
+    checks.check_labels_in_range(labels, axes.num_classes(logits.shape[axis]),
                                  ignore_index, op)
   elif ignore_index is not None:
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
@@ -701,7 +729,8 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
              weight: jax.typing.ArrayLike | None = None, ignore_index: int | None = None,
              reduction: str = "mean", checked: bool = False,
              axis_name: str | tuple[str, ...] | None = None,
-             batch_axis_name: str | tuple[str, ...] | None = None) -> jax.Array:
+             batch_axis_name: str | tuple[str, ...] | None = None,
+             num_classes: int | None = None) -> jax.Array:
   r"""Negative log-likelihood of integer labels under given log-probabilities.
 
   .. math:: \ell_n = -w_{y_n}\, \mathrm{lp}_{n, y_n}
@@ -716,6 +745,7 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
     checked: check traced labels with checkify, as :func:`cross_entropy`.
     axis_name: the class axis split over mesh axes inside ``shard_map``, as :func:`cross_entropy`.
     batch_axis_name: the rows split over mesh axes, as :func:`cross_entropy`.
+    num_classes: the true class count of padded blocks, as :func:`cross_entropy`.
 
   Returns:
     A scalar, or per-example losses for ``reduction="none"``.
@@ -737,7 +767,9 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
     raise DTypeError(f"{op}: labels must be integer class indices; got dtype {labels.dtype}.")
   ignore_index = checks.check_ignore_index(ignore_index, op)
   axes = _sharding_axes(axis_name, batch_axis_name, None, op)
-  checks.check_labels_in_range(labels, log_probs.shape[axis] * collectives.size(axes.classes),
+  axes = collectives.Axes(axes.classes, axes.batch, collectives.check_num_classes(
+      num_classes, log_probs.shape[axis], axes.classes, op))
+  checks.check_labels_in_range(labels, axes.num_classes(log_probs.shape[axis]),
                                ignore_index, op)
   layout = None if axes else collectives.explicit_layout(log_probs)
   if layout is not None:

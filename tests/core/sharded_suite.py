@@ -685,3 +685,91 @@ def test_plain_jit_auto_mesh_is_correct():
   assert_close(value, expected, "float32", "loss")
   for g, e in zip(grads, expected_grads):
     assert_close(g, e, "float32", "grad")
+
+
+# ------------------------------------------------------------------------------------------------
+# A class count the axis size does not divide: blocks padded at the end, num_classes= the truth.
+
+
+def padded(a, axis, to, fill):
+  pad = [(0, 0)] * a.ndim
+  pad[axis] = (0, to - a.shape[axis])
+  return np.pad(a, pad, constant_values=fill)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "labels", "probs", "nll", "linear"])
+def test_padding_never_leaks(op):
+  mesh = make_mesh()
+  true, full = 30, 32  # 4 shards of 8; the last holds 6 real classes and 2 of padding
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(N, true)).astype(np.float32)
+  junk = 50.0  # padding values that would dominate any max or sum they leaked into
+  y = labels_for(classes=true, ignore=-100)
+  y[:2] = [true - 1, 24]  # the last real class, and the first class of the padded shard
+  weight = rng.uniform(0.5, 2.0, size=true).astype(np.float32)
+  kw = dict(axis_name="tp", batch_axis_name="dp", num_classes=true)
+  if op in ("softmax", "log_softmax"):
+    fn = getattr(jaxsoftmax, op)
+    args, specs, out_spec = [padded(x, 1, full, junk)], [P("dp", "tp")], P("dp", "tp")
+    sharded = lambda x: fn(x, axis_name="tp", num_classes=true)  # noqa: E731
+    reference = lambda x: fn(x)  # noqa: E731
+    argnums, ref_args = (0,), [x]
+  elif op in ("labels", "probs"):
+    t = (np.asarray(jax.nn.softmax(rng.normal(size=(N, true))), np.float32) if op == "probs"
+         else y)
+    tp = padded(t, 1, full, 0.0) if op == "probs" else t
+    args = [padded(x, 1, full, junk), tp, padded(weight, 0, full, 9.0)]
+    specs = [P("dp", "tp"), P("dp", "tp") if op == "probs" else P("dp"), P("tp")]
+    ce_kw = dict(label_smoothing=0.2) if op == "probs" else dict(label_smoothing=0.2,
+                                                                 ignore_index=-100)
+    sharded = lambda x, t, w: jaxsoftmax.cross_entropy(x, t, weight=w, **ce_kw, **kw)  # noqa: E731
+    reference = lambda x, t, w: jaxsoftmax.cross_entropy(x, t, weight=w, **ce_kw)  # noqa: E731
+    out_spec, argnums = P(), ((0, 1, 2) if op == "probs" else (0, 2))
+    ref_args = [x, t, weight]
+  elif op == "nll":
+    lp = np.array(jax.nn.log_softmax(x), np.float32)
+    args, specs = [padded(lp, 1, full, junk), y, padded(weight, 0, full, 9.0)], [P("dp", "tp"),
+                                                                                 P("dp"), P("tp")]
+    sharded = lambda lp, y, w: jaxsoftmax.nll_loss(lp, y, weight=w, ignore_index=-100, **kw)  # noqa: E731
+    reference = lambda lp, y, w: jaxsoftmax.nll_loss(lp, y, weight=w, ignore_index=-100)  # noqa: E731
+    out_spec, argnums, ref_args = P(), (0, 2), [lp, y, weight]
+  else:
+    xs, w, b, ys, _ = lce_arrays(n=N)
+    w, b = w[:, :true], b[:true]
+    ys = np.where(ys >= true, true - 1, ys)
+    args = [xs, padded(w, 1, full, junk), padded(b, 0, full, junk), ys,
+            padded(weight, 0, full, 9.0)]
+    specs = [P("dp", None), P(None, "tp"), P("tp"), P("dp"), P("tp")]
+    lce_kw = dict(label_smoothing=0.2, ignore_index=-100, chunk_size=3)
+    sharded = lambda x, w, b, y, cw: jaxsoftmax.linear_cross_entropy(  # noqa: E731
+        x, w, y, bias=b, weight=cw, **lce_kw, **kw)
+    reference = lambda x, w, b, y, cw: jaxsoftmax.linear_cross_entropy(  # noqa: E731
+        x, w, y, bias=b, weight=cw, **lce_kw)
+    out_spec, argnums, ref_args = P(), (0, 1, 2, 4), [xs, w, b, ys, weight]
+  out, grads, _ = run(sharded, mesh, args, specs, out_spec, argnums)
+  if op in ("softmax", "log_softmax"):
+    fill = 0.0 if op == "softmax" else -np.inf
+    assert np.all(out[:, true:] == fill)
+    out = out[:, :true]
+  cot = np.random.default_rng(0).normal(size=out.shape).astype(np.float32)
+  if op in ("softmax", "log_softmax"):  # the cotangent run() drew, restricted to the real classes
+    cot = np.random.default_rng(0).normal(size=(N, full)).astype(np.float32)[:, :true]
+  ref_out, ref_grads = full_grads(reference, [jnp.asarray(a) for a in ref_args], argnums, cot)
+  assert_close(out, ref_out, "float32", "value")
+  for g, r in zip(grads, ref_grads):
+    axis = 1 if g.ndim == 2 and g.shape[1] == full else 0
+    real = np.take(g, np.arange(true), axis=axis) if g.shape[axis] == full else g
+    pad = np.take(g, np.arange(true, full), axis=axis) if g.shape[axis] == full else None
+    assert_close(real, r, "float32", "gradient")
+    if pad is not None:
+      assert np.all(pad == 0.0), "padding received a gradient"
+
+
+def test_num_classes_is_checked():
+  mesh = make_mesh()
+  x = np.zeros((8, 16), np.float32)
+  with pytest.raises(ValueError, match="num_classes=12 does not fit"):
+    _inside(mesh, lambda x: jnp.sum(jaxsoftmax.softmax(x, axis_name="tp", num_classes=12)), x,
+            specs=[P("dp", "tp")])
+  with pytest.raises(ValueError, match="needs axis_name"):
+    jaxsoftmax.cross_entropy(jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32), num_classes=3)
