@@ -773,3 +773,38 @@ def test_num_classes_is_checked():
             specs=[P("dp", "tp")])
   with pytest.raises(ValueError, match="needs axis_name"):
     jaxsoftmax.cross_entropy(jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32), num_classes=3)
+
+
+def test_cross_entropy_grad_of_grad_and_vmap_inside_shard_map():
+  mesh = make_mesh()
+  x, y = logits(N, C), labels_for(ignore=-100)
+  x[0] = 0.25
+  c = np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
+  spec = P("dp", "tp")
+
+  def loss(x, y):
+    return jaxsoftmax.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.1,
+                                    axis_name="tp", batch_axis_name="dp")
+
+  def hvp(x, y, c):
+    return jax.grad(lambda x: lax.psum(jnp.sum(jax.grad(loss)(x, y) * c), ("dp", "tp")))(x)
+
+  def per_row(x, y):  # vmap over rows: each row its own cross-entropy ('none' of one example)
+    return jax.vmap(lambda r, t: jaxsoftmax.cross_entropy(r, t, axis_name="tp"))(x, y)
+
+  with jax.set_mesh(mesh):
+    xs, cs = (jax.device_put(a, NamedSharding(mesh, spec)) for a in (x, c))
+    ys = jax.device_put(np.where(y < 0, 0, y), NamedSharding(mesh, P("dp")))
+    yi = jax.device_put(y, NamedSharding(mesh, P("dp")))
+    got = jax.jit(jax.shard_map(hvp, mesh=mesh, in_specs=(spec, P("dp"), spec),
+                                out_specs=spec))(xs, yi, cs)
+    rows = jax.jit(jax.shard_map(per_row, mesh=mesh, in_specs=(spec, P("dp")),
+                                 out_specs=P("dp")))(xs, ys)
+
+  def full(x):
+    return jaxsoftmax.cross_entropy(x, jnp.asarray(y), ignore_index=-100, label_smoothing=0.1)
+
+  expected = jax.grad(lambda x: jnp.sum(jax.grad(full)(x) * c))(jnp.asarray(x))
+  assert_close(got, expected, "float32", "Hessian-vector product")
+  assert_close(rows, jaxsoftmax.cross_entropy(jnp.asarray(x), jnp.asarray(np.where(y < 0, 0, y)),
+                                              reduction="none"), "float32", "vmap")
