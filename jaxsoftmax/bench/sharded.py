@@ -9,7 +9,7 @@ each provider, one ``jit(value_and_grad)`` of the mean loss is compiled and meas
   show relative cost, not what P devices would do).
 
 Providers: ``jaxsoftmax`` (``linear_cross_entropy`` inside ``shard_map`` with ``axis_name`` /
-``batch_axis_name``), ``gspmd`` (``optax.softmax_cross_entropy_with_integer_labels(x @ w, y)`` under
+``batch_axis_name``), ``unsharded`` (the plain op on one device, at P = 1), ``gspmd`` (``optax.softmax_cross_entropy_with_integer_labels(x @ w, y)`` under
 jit, inputs placed with the same PartitionSpecs on an Auto mesh: what GSPMD does on its own).
 
 Run in a child process with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the device
@@ -75,11 +75,17 @@ def measure(n: int = 4096, d: int = 256, v: int = 32768, reps: int = 5) -> dict:
     batch = "dp" if "dp" in axis_names else None
     specs = (P(batch, None), P(None, "tp"), P(batch))
     programs = {}
-    for provider, axis_type in (("jaxsoftmax", AxisType.Explicit), ("gspmd", AxisType.Auto)):
+    providers = [("jaxsoftmax", AxisType.Explicit), ("gspmd", AxisType.Auto)]
+    if size == 1:
+      providers.append(("unsharded", AxisType.Auto))
+    for provider, axis_type in providers:
       mesh = jax.make_mesh(shape, axis_names, axis_types=(axis_type,) * len(shape),
                            devices=jax.devices()[:size])
       args = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip((x, w, y), specs)]
-      if provider == "jaxsoftmax":
+      if provider == "unsharded":  # the plain op on one device: what the sharded one divides
+        args = [jax.device_put(a, jax.devices()[0]) for a in (x, w, y)]
+        loss = jaxsoftmax.linear_cross_entropy
+      elif provider == "jaxsoftmax":
         loss = jax.shard_map(
             lambda x, w, y: jaxsoftmax.linear_cross_entropy(x, w, y, axis_name="tp",
                                                             batch_axis_name=batch),
