@@ -20,6 +20,8 @@ Cotangents that need the same reduction travel in one all-reduce.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Sequence
 
 import jax
@@ -31,9 +33,9 @@ from jax.sharding import PartitionSpec as P
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
-           "batch_sum", "varying", "reduce_like", "vary_like", "sharded", "reduce_rows",
+           "batch_sum", "varying", "reduce_like", "vary_like", "reduce_rows", "untyped",
            "block_labels", "check_axes", "entry_names", "explicit_layout", "laid_out",
-           "run_on_mesh", "class_mask", "check_num_classes"]
+           "run_on_mesh", "class_mask", "check_num_classes", "auto_mesh", "spec_of"]
 
 Names = tuple[str, ...]
 
@@ -157,6 +159,8 @@ def gather_stats(columns, names: Names):
   stacked = jnp.stack(columns)
   if not names:
     return stacked[None]
+  if _UNTYPED.get() is not None:
+    return lax.all_gather(stacked, names)
   return lax.all_gather(stacked, names, to="invarying")
 
 
@@ -174,9 +178,27 @@ def batch_sum(values, names: Names):
   return lax.psum(values, names) if names else values
 
 
+# Inside custom_partitioning's lower_fn (Auto meshes) the per-shard program carries no
+# manual-axis types: there every value is taken to vary over every axis in play, and the rules'
+# ``like`` (what each input varies over) comes from the operands' PartitionSpecs instead.
+_UNTYPED: contextvars.ContextVar[frozenset | None] = contextvars.ContextVar(
+    "jaxsoftmax_untyped_axes", default=None)
+
+
+@contextlib.contextmanager
+def untyped(axes):
+  """Within: collectives without manual-axis types, every value varying over ``axes``."""
+  token = _UNTYPED.set(frozenset(axes))
+  try:
+    yield
+  finally:
+    _UNTYPED.reset(token)
+
+
 def varying(x) -> frozenset:
   """The mesh axes ``x`` varies over (empty outside ``shard_map``)."""
-  return jax.typeof(x).manual_axis_type.varying
+  axes = _UNTYPED.get()
+  return axes if axes is not None else jax.typeof(x).manual_axis_type.varying
 
 
 def reduce_like(cotangents, like):
@@ -196,20 +218,17 @@ def reduce_like(cotangents, like):
     for i, v in zip(members, summed):
       out[i] = v
   for i, (ct, axes) in enumerate(zip(out, like)):
-    if ct is not None and axes - varying(ct):
+    if ct is not None and axes - varying(ct) and _UNTYPED.get() is None:
       out[i] = lax.pcast(ct, tuple(sorted(axes - varying(ct))), to="varying")
   return out
 
 
 def vary_like(a, *arrays):
   """``a`` made to vary over every mesh axis any of ``arrays`` varies over (scan carries)."""
+  if _UNTYPED.get() is not None:
+    return a
   axes = frozenset().union(*(varying(b) for b in arrays if b is not None)) - varying(a)
   return lax.pcast(a, tuple(sorted(axes)), to="varying") if axes else a
-
-
-def sharded(*arrays) -> bool:
-  """True inside a ``shard_map`` body that manualises any axis."""
-  return any(varying(a) for a in arrays if a is not None)
 
 
 def reduce_rows(losses, denominator, reduction: str, batch: Names):
@@ -282,3 +301,21 @@ def run_on_mesh(fn, mesh, args, specs, out_spec):
   placed = [laid_out(args[i], specs[i]) for i in present]
   return jax.shard_map(body, mesh=mesh, in_specs=tuple(P(*specs[i]) for i in present),
                        out_specs=P(*out_spec))(*placed)
+
+
+def auto_mesh(x):
+  """The mesh of ``x`` when it is laid out over Auto axes of more than one device (GSPMD decides
+  the partitioning: the ops then partition themselves with ``custom_partitioning``); else None."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or not getattr(mesh, "axis_names", ()) or varying(x) or mesh.size == 1:
+    return None
+  if any(t != AxisType.Auto for t in mesh.axis_types):
+    return None
+  return mesh
+
+
+def spec_of(shape, ndim: int) -> tuple:
+  """One PartitionSpec entry per dimension of an operand in a partition callback."""
+  spec = tuple(shape.sharding.spec)
+  return spec + (None,) * (ndim - len(spec))

@@ -29,6 +29,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
 from jaxsoftmax._src.errors import ArgumentError
@@ -206,6 +208,89 @@ def _family_sharded_bwd(axis, temperature, negate, log, names, total, res, g):
 _family_sharded.defvjp(_family_sharded_fwd, _family_sharded_bwd)
 
 
+# Auto meshes: the forward and the backward each a ``custom_partitioning`` op that runs the
+# sharded rule above on every shard of ``[N, C]`` input, classes over the axes of its second
+# dimension (rows over the first need nothing).
+
+
+def _auto_ops(temperature, negate, log):
+  """``(forward, backward)``: ``x -> y`` and ``(y, g) -> dx``, partitioned by our rule."""
+  from jax.experimental.custom_partitioning import custom_partitioning  # noqa: PLC0415
+
+  xla = _log_softmax_xla if log else _softmax_xla
+
+  def forward_plain(x):
+    return xla(x, None, (1,), temperature, negate)
+
+  def backward_plain(y, g):
+    rule = _log_softmax_xla_bwd if log else _softmax_xla_bwd
+    return rule((1,), temperature, negate, (y.astype(checks.compute_dtype(y.dtype)), None), g)[0]
+
+  forward = custom_partitioning(forward_plain)
+  backward = custom_partitioning(backward_plain)
+
+  def layout(mesh, shape):
+    spec = collectives.spec_of(shape, 2)
+    batch = collectives.entry_names(spec[0])
+    classes = tuple(a for a in collectives.entry_names(spec[1]) if a not in batch)
+    return classes, NamedSharding(mesh, P(batch or None, classes or None))
+
+  def forward_partition(mesh, arg_shapes, result_shape):
+    classes, sharding = layout(mesh, arg_shapes[0])
+
+    def lower_fn(x):
+      with collectives.untyped(classes):
+        return _family_sharded_fwd(x, None, 1, temperature, negate, log, classes, None)[0]
+
+    return mesh, lower_fn, sharding, (sharding,)
+
+  def backward_partition(mesh, arg_shapes, result_shape):
+    classes, sharding = layout(mesh, arg_shapes[0])
+
+    def lower_fn(y, g):
+      with collectives.untyped(classes):
+        # The residual is the output in its own dtype here (the forward's rounding is kept).
+        return _family_sharded_bwd(1, temperature, negate, log, classes, None,
+                                   (y.astype(checks.compute_dtype(y.dtype)), None), g)[0]
+
+    return mesh, lower_fn, sharding, (sharding, sharding)
+
+  forward.def_partition(forward_partition,
+                        infer_sharding_from_operands=lambda m, a, r: layout(m, a[0])[1],
+                        sharding_rule="n c -> n c")
+  backward.def_partition(backward_partition,
+                         infer_sharding_from_operands=lambda m, a, r: layout(m, a[0])[1],
+                         sharding_rule="n c, n c -> n c")
+  return forward, backward
+
+
+_AUTO_OPS = {}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _family_auto(x, key):
+  return _family_auto_fwd(x, key)[0]
+
+
+def _family_auto_fwd(x, key):
+  if key not in _AUTO_OPS:
+    _AUTO_OPS[key] = _auto_ops(*key)
+  y = _AUTO_OPS[key][0](x)
+  return y, y
+
+
+def _family_auto_bwd(key, y, g):
+  return (_AUTO_OPS[key][1](y, g),)
+
+
+_family_auto.defvjp(_family_auto_fwd, _family_auto_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("key",))
+def _family_auto_jit(x, *, key):
+  return _family_auto(x, key)
+
+
 def _rule(backend, log, where, axes, temperature, negate, names=(), total=None):
   """The custom-VJP function of ``backend`` (or of the sharded path), as ``x -> y``."""
   if names:
@@ -282,6 +367,10 @@ def _call(x, axis, temperature, where, implementation, axis_name, num_classes=No
     return _family(x, where, traced, axes=axes, temperature=temperature, log=log, negate=negate,
                    backend=dispatch.Backend.XLA, names=names, total=total)
   layout = collectives.explicit_layout(x) if len(axes) == 1 else None
+  if (layout is None and x.ndim == 2 and axes == (1,) and where is None and traced is None
+      and implementation != "pallas" and collectives.auto_mesh(x) is not None):
+    # Under jit over Auto axes: partitioned by our own rule (custom_partitioning).
+    return _family_auto_jit(x, key=(temperature, negate, log))
   if layout is not None and implementation != "pallas":
     # Under jit over an Explicit mesh: the layout is in x's type, so take the sharded path.
     mesh, spec = layout

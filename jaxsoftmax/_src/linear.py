@@ -34,6 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
@@ -367,7 +369,9 @@ def _sharded_scan(x, w, b, labels, weight, static, axes, *, row_scale=None, give
   the per-row outputs keep this shard's own rows, and the chunk's ``dx`` is reduce-scattered back.
   """
   n, names = labels.shape[0], axes.classes
-  eps, chunk, ct = static.loss.label_smoothing, static.chunk_size, checks.compute_dtype(x.dtype)
+  # The chunk rows were chosen for the global rows; a shard may hold fewer (no padded chunk).
+  chunk = max(1, min(static.chunk_size, n))
+  eps, ct = static.loss.label_smoothing, checks.compute_dtype(x.dtype)
   want_grad = row_scale is not None
   seq = {"x": _chunked(x, labels, chunk), "labels": _chunked(labels, labels, chunk, -1),
          "valid": _chunked(jnp.ones((n,), jnp.int32), labels, chunk, 0)}
@@ -482,12 +486,122 @@ def _lce_sharded_bwd(static, axes, like, res, g):
 _lce_sharded.defvjp(_lce_sharded_fwd, _lce_sharded_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "checked", "axes"))
-def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=collectives.Axes()):
+# ----------------------------------------------------------------------------------------------
+# Auto meshes: plain jit over Auto axes carries no layout in the types, and GSPMD's own
+# partitioning of the chunked custom VJP moves logits-sized all-reduces. The fused forward (loss
+# and the gradients for a unit cotangent, as "mean" and "sum" form them anyway) is therefore a
+# ``custom_partitioning`` op: at partitioning time it reads the operands' shardings, runs the
+# sharded rules above on each shard (rows over the axes of x's row dimension, classes over the
+# axes of w's V dimension), and the backward only scales its results by the cotangent.
+
+
+def _auto_fused(static, has_bias, has_weight):
+  """``f(x, w, [b], labels, [weight]) -> (loss, dx, dw, [db], [dweight])``, partitioned."""
+  from jax.experimental.custom_partitioning import custom_partitioning  # noqa: PLC0415
+
+  def split(args):
+    it = iter(args)
+    x, w = next(it), next(it)
+    b = next(it) if has_bias else None
+    labels = next(it)
+    weight = next(it) if has_weight else None
+    return x, w, b, labels, weight
+
+  def join(loss, dx, dw, db, dweight):
+    return (loss, dx, dw) + ((db,) if has_bias else ()) + ((dweight,) if has_weight else ())
+
+  def unpartitioned(*args):
+    x, w, b, labels, weight = split(args)
+    loss, vjp = jax.vjp(lambda x, w, b, weight: _lce(x, w, b, labels, weight, static),
+                        x, w, b, weight)
+    dx, dw, db, dweight = vjp(jnp.ones_like(loss))
+    return join(loss, dx, dw, db, dweight)
+
+  fused = custom_partitioning(unpartitioned)
+
+  def layout(mesh, arg_shapes):
+    x_spec = collectives.spec_of(arg_shapes[0], 2)
+    w_spec = collectives.spec_of(arg_shapes[1], 2)
+    v_entry = w_spec[0] if static.vocab_first else w_spec[1]
+    batch = collectives.entry_names(x_spec[0])
+    classes = collectives.entry_names(v_entry)
+    if set(classes) & set(batch) and not set(classes) <= set(batch):
+      classes = tuple(a for a in classes if a not in batch)  # keep what can be honoured
+    rows = batch or None
+    v_entry = classes or None
+    x_s = NamedSharding(mesh, P(rows, None))  # the feature axis replicated
+    w_s = NamedSharding(mesh, P(v_entry, None) if static.vocab_first else P(None, v_entry))
+    v_s, n_s = NamedSharding(mesh, P(v_entry)), NamedSharding(mesh, P(rows))
+    args = (x_s, w_s) + ((v_s,) if has_bias else ()) + (n_s,) + ((v_s,) if has_weight else ())
+    results = join(NamedSharding(mesh, P()), x_s, w_s, v_s, v_s)
+    return collectives.Axes(classes, batch), args, results
+
+  def partition(mesh, arg_shapes, result_shape):
+    axes, arg_shardings, result_shardings = layout(mesh, arg_shapes)
+    rows, cls = frozenset(axes.batch), frozenset(axes.classes)
+    like = (rows, cls, cls if has_bias else None, rows, cls if has_weight else None)
+
+    def lower_fn(*args):
+      x, w, b, labels, weight = split(args)
+      with collectives.untyped(rows | cls):
+        loss, res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
+        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res, jnp.ones_like(loss))
+      return join(loss, dx, dw, db, dweight)
+
+    return mesh, lower_fn, result_shardings, arg_shardings
+
+  def infer(mesh, arg_shapes, result_shape):
+    return layout(mesh, arg_shapes)[2]
+
+  w_dims = "v d" if static.vocab_first else "d v"
+  operands = ["n d", w_dims] + (["v"] if has_bias else []) + ["n"] + (["v"] if has_weight else [])
+  results = ["", "n d", w_dims] + (["v"] if has_bias else []) + (["v"] if has_weight else [])
+  fused.def_partition(partition, infer_sharding_from_operands=infer,
+                      sharding_rule=", ".join(operands) + " -> " + ", ".join(results))
+  return fused
+
+
+_AUTO_FUSED = {}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lce_auto(x, w, b, labels, weight, static):
+  return _lce_auto_fwd(x, w, b, labels, weight, static)[0]
+
+
+def _lce_auto_fwd(x, w, b, labels, weight, static):
+  key = (static, b is not None, weight is not None)
+  if key not in _AUTO_FUSED:
+    _AUTO_FUSED[key] = _auto_fused(*key)
+  args = (x, w) + (() if b is None else (b,)) + (labels,) + (() if weight is None else (weight,))
+  out = _AUTO_FUSED[key](*args)
+  loss, dx, dw = out[:3]
+  rest = list(out[3:])
+  db = rest.pop(0) if b is not None else None
+  dweight = rest.pop(0) if weight is not None else None
+  return loss, (dx, dw, db, dweight)
+
+
+def _lce_auto_bwd(static, res, g):
+  return tuple(None if r is None else (g.astype(jnp.float32) * r.astype(jnp.float32)).astype(r.dtype)
+               for r in res[:3]) + (None, None if res[3] is None else
+                                    (g.astype(jnp.float32) * res[3]).astype(res[3].dtype))
+
+
+_lce_auto.defvjp(_lce_auto_fwd, _lce_auto_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "checked", "axes", "auto"))
+def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=collectives.Axes(),
+                          auto=False):
   if checked:
     checks.check_labels_traced(labels, axes.num_classes(w.shape[0 if static.vocab_first else 1]),
                                static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
+  if auto:
+    out = _lce_auto(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size),
+                    weight, static)
+    return out
   if axes:
     x2, labels2 = x.reshape(labels.size, x.shape[-1]), labels.reshape(labels.size)
     like = tuple(None if a is None else collectives.varying(a)
@@ -665,5 +779,10 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
         body, mesh, [x, w, labels, bias, weight],
         [x_spec, w_spec, row_spec, (v_entry,), (v_entry,)],
         row_spec if options.reduction == "none" else ())
-  return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,
+  # Auto mesh axes: partitioned by our own rule (custom_partitioning) for the fused reductions.
+  auto = (not axes and options.reduction != "none" and implementation != "pallas"
+          and (collectives.auto_mesh(x) is not None or collectives.auto_mesh(w) is not None))
+  if auto:
+    static = _Static(options, static.chunk_size, vocab_first, dispatch.Backend.XLA)
+  return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes, auto=auto,
                                checked=bool(checked) and not checks.is_concrete(labels))

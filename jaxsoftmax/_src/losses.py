@@ -34,6 +34,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
@@ -527,6 +530,124 @@ def _sharded_loss(kind, x, labels, weight, axis, axes, **options):
 
 
 # ----------------------------------------------------------------------------------------------
+# Auto meshes: the fused forward (the loss and its gradients for a unit cotangent, which "mean"
+# and "sum" scale) as one ``custom_partitioning`` op that runs the sharded rules above on each
+# shard, with the rows over the axes of the logits' first dimension and the classes over those of
+# the second (see jaxsoftmax._src.linear for the same on linear_cross_entropy). [N, C] logits.
+
+
+def _auto_fused(kind, static, has_weight):
+  """``f(x, t, [weight]) -> (loss, dx, [dt], [dweight])``, partitioned by our rule."""
+  from jax.experimental.custom_partitioning import custom_partitioning  # noqa: PLC0415
+
+  probs = kind == "probs"
+
+  def split(args):
+    return args[0], args[1], (args[2] if has_weight else None)
+
+  def join(loss, dx, dt, dweight):
+    return (loss, dx) + ((dt,) if probs else ()) + ((dweight,) if has_weight else ())
+
+  def plain(x, t, weight):
+    if kind == "labels":
+      return _ce_labels_xla(x, t, weight, 1, static)
+    if probs:
+      return _ce_probs(x, t, weight, 1, static.label_smoothing, static.reduction)
+    return _nll(x, t, weight, 1, static.ignore_index, static.reduction, x.shape[1])
+
+  def unpartitioned(*args):
+    x, t, weight = split(args)
+    if probs:
+      loss, vjp = jax.vjp(plain, x, t, weight)
+      dx, dt, dweight = vjp(jnp.ones_like(loss))
+    else:
+      loss, vjp = jax.vjp(lambda x, weight: plain(x, t, weight), x, weight)
+      (dx, dweight), dt = vjp(jnp.ones_like(loss)), None
+    return join(loss, dx, dt, dweight)
+
+  fused = custom_partitioning(unpartitioned)
+
+  def layout(mesh, arg_shapes):
+    spec = collectives.spec_of(arg_shapes[0], 2)
+    batch = collectives.entry_names(spec[0])
+    classes = tuple(a for a in collectives.entry_names(spec[1]) if a not in batch)
+    rows, cls = batch or None, classes or None
+    x_s, n_s, c_s = (NamedSharding(mesh, P(rows, cls)), NamedSharding(mesh, P(rows)),
+                     NamedSharding(mesh, P(cls)))
+    args = (x_s, x_s if probs else n_s) + ((c_s,) if has_weight else ())
+    return collectives.Axes(classes, batch), args, join(NamedSharding(mesh, P()), x_s, x_s, c_s)
+
+  def partition(mesh, arg_shapes, result_shape):
+    axes, arg_shardings, result_shardings = layout(mesh, arg_shapes)
+    rows, cls = frozenset(axes.batch), frozenset(axes.classes)
+    like = (rows | cls, rows | cls if probs else rows, cls if has_weight else None)
+
+    def lower_fn(*args):
+      x, t, weight = split(args)
+      with collectives.untyped(rows | cls):
+        if kind == "labels":
+          loss, res = _ce_labels_sharded_fwd(x, t, weight, static, axes, like)
+          dx, dt, dweight = _ce_labels_sharded_bwd(static, axes, like, res, jnp.ones_like(loss))
+        elif probs:
+          loss, res = _ce_probs_sharded_fwd(x, t, weight, static.label_smoothing,
+                                            static.reduction, axes, like)
+          dx, dt, dweight = _ce_probs_sharded_bwd(static.label_smoothing, static.reduction, axes,
+                                                  like, res, jnp.ones_like(loss))
+        else:
+          nll_like = like + (x.shape[1],)
+          loss, res = _nll_sharded_fwd(x, t, weight, static.ignore_index, static.reduction,
+                                       axes, nll_like)
+          dx, dt, dweight = _nll_sharded_bwd(static.ignore_index, static.reduction, axes,
+                                             nll_like, res, jnp.ones_like(loss))
+      return join(loss, dx, dt, dweight)
+
+    return mesh, lower_fn, result_shardings, arg_shardings
+
+  def infer(mesh, arg_shapes, result_shape):
+    return layout(mesh, arg_shapes)[2]
+
+  operands = ["n c", "n c" if probs else "n"] + (["c"] if has_weight else [])
+  results = ["", "n c"] + (["n c"] if probs else []) + (["c"] if has_weight else [])
+  fused.def_partition(partition, infer_sharding_from_operands=infer,
+                      sharding_rule=", ".join(operands) + " -> " + ", ".join(results))
+  return fused
+
+
+_AUTO_FUSED = {}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _loss_auto(x, t, weight, kind, static):
+  return _loss_auto_fwd(x, t, weight, kind, static)[0]
+
+
+def _loss_auto_fwd(x, t, weight, kind, static):
+  key = (kind, static, weight is not None)
+  if key not in _AUTO_FUSED:
+    _AUTO_FUSED[key] = _auto_fused(*key)
+  out = list(_AUTO_FUSED[key](*((x, t) + (() if weight is None else (weight,)))))
+  loss, dx = out[0], out[1]
+  dt = out.pop(2) if kind == "probs" else None
+  dweight = out[2] if weight is not None else None
+  return loss, (dx, dt, dweight)
+
+
+def _loss_auto_bwd(kind, static, res, g):
+  def scale(r):
+    return None if r is None else (g.astype(jnp.float32) * r.astype(jnp.float32)).astype(r.dtype)
+  return tuple(scale(r) for r in res)
+
+
+_loss_auto.defvjp(_loss_auto_fwd, _loss_auto_bwd)
+
+
+def _auto_applies(x, axis, reduction, implementation="xla") -> bool:
+  """The Auto-mesh rule takes [N, C] logits with classes last, "mean" or "sum"."""
+  return (x.ndim == 2 and axis == 1 and reduction != "none" and implementation != "pallas"
+          and collectives.auto_mesh(x) is not None)
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API: validation at trace time, then one jitted call.
 
 
@@ -587,6 +708,11 @@ def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, check
     return _sharded_loss("nll", log_probs, labels, weight, axis, axes, ignore_index=ignore_index,
                          reduction=reduction)
   return _nll(log_probs, labels, weight, axis, ignore_index, reduction, log_probs.shape[axis])
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "static"))
+def _loss_jit(x, t, weight, *, kind, static):
+  return _loss_auto(x, t, weight, kind, static)
 
 
 def _explicit_axes(spec, axis, reduction):
@@ -697,6 +823,9 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
   layout = None if axes else collectives.explicit_layout(logits)
+  if layout is None and not axes and _auto_applies(logits, axis, reduction, implementation):
+    return _loss_jit(logits, labels, weight, kind="labels" if indices else "probs",
+                     static=LossOptions(ignore_index, label_smoothing, reduction))
   if layout is not None and implementation != "pallas":
     mesh, spec = layout
     axes, label_spec, out_spec = _explicit_axes(spec, axis, reduction)
@@ -772,6 +901,9 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
   checks.check_labels_in_range(labels, axes.num_classes(log_probs.shape[axis]),
                                ignore_index, op)
   layout = None if axes else collectives.explicit_layout(log_probs)
+  if layout is None and not axes and _auto_applies(log_probs, axis, reduction):
+    return _loss_jit(log_probs, labels, weight, kind="nll",
+                     static=LossOptions(ignore_index, 0.0, reduction))
   if layout is not None:
     mesh, spec = layout
     axes, label_spec, out_spec = _explicit_axes(spec, axis, reduction)

@@ -9,7 +9,9 @@ each provider, one ``jit(value_and_grad)`` of the mean loss is compiled and meas
   show relative cost, not what P devices would do).
 
 Providers: ``jaxsoftmax`` (``linear_cross_entropy`` inside ``shard_map`` with ``axis_name`` /
-``batch_axis_name``), ``unsharded`` (the plain op on one device, at P = 1), ``gspmd`` (``optax.softmax_cross_entropy_with_integer_labels(x @ w, y)`` under
+``batch_axis_name``), ``jaxsoftmax-auto`` (the plain op under jit with the inputs laid out over
+Auto axes: its custom_partitioning rule), ``unsharded`` (the plain op on one device, at P = 1),
+``gspmd`` (``optax.softmax_cross_entropy_with_integer_labels(x @ w, y)`` under
 jit, inputs placed with the same PartitionSpecs on an Auto mesh: what GSPMD does on its own).
 
 Run in a child process with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the device
@@ -75,7 +77,8 @@ def measure(n: int = 4096, d: int = 256, v: int = 32768, reps: int = 5) -> dict:
     batch = "dp" if "dp" in axis_names else None
     specs = (P(batch, None), P(None, "tp"), P(batch))
     programs = {}
-    providers = [("jaxsoftmax", AxisType.Explicit), ("gspmd", AxisType.Auto)]
+    providers = [("jaxsoftmax", AxisType.Explicit), ("jaxsoftmax-auto", AxisType.Auto),
+                 ("gspmd", AxisType.Auto)]
     if size == 1:
       providers.append(("unsharded", AxisType.Auto))
     for provider, axis_type in providers:
@@ -84,6 +87,8 @@ def measure(n: int = 4096, d: int = 256, v: int = 32768, reps: int = 5) -> dict:
       args = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip((x, w, y), specs)]
       if provider == "unsharded":  # the plain op on one device: what the sharded one divides
         args = [jax.device_put(a, jax.devices()[0]) for a in (x, w, y)]
+        loss = jaxsoftmax.linear_cross_entropy
+      elif provider == "jaxsoftmax-auto":  # plain jit over Auto axes: our partitioning rule
         loss = jaxsoftmax.linear_cross_entropy
       elif provider == "jaxsoftmax":
         loss = jax.shard_map(

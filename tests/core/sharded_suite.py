@@ -673,28 +673,68 @@ def test_linear_cross_entropy_sequence_parallel(reduction, weighted):
         x, w, y, specs=[P(rows, None), P(None, ("dp", "tp")), P(rows)])
 
 
-def test_plain_jit_auto_mesh_is_correct():
-  # Auto axes carry no layout in the types: the ops take the unsharded path and GSPMD partitions
-  # it. Values and gradients must still be right (its communication is not yet minimal: README).
+AUTO_SPECS = {"dp": P("dp", None), "tp": P(None, "tp"), "dp x tp": P("dp", "tp")}
+
+
+@pytest.mark.parametrize("layout", list(AUTO_SPECS))
+def test_plain_jit_auto_mesh_partitions_by_our_rule(layout):
+  # Auto axes carry no layout in the types: the ops partition themselves (custom_partitioning),
+  # reading the operands' shardings when GSPMD partitions the program. Right values and
+  # gradients, and GSPMD's logits-sized all-reduces and collective-permutes are gone.
   mesh = make_mesh(axis_type=AUTO)
-  x, w, b, y, weight = lce_arrays(n=32)
-  logits_ = logits(N, C)
-  labels_ = labels_for(ignore=-100)
+  spec = AUTO_SPECS[layout]
+  z, y = logits(N, WIDE), labels_for(classes=WIDE, ignore=-100)
+  z[0] = 0.0
+  rng = np.random.default_rng(9)
+  n = 32
+  x = rng.normal(size=(n, D)).astype(np.float32)
+  w = (rng.normal(size=(D, WIDE)) / np.sqrt(D)).astype(np.float32)
+  b = rng.normal(size=(WIDE,)).astype(np.float32)
+  ys = labels_for(n=n, classes=WIDE, ignore=-100)
+  w_spec = P(None, spec[1])
   placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in
-            zip((x, w, y, logits_, labels_), (P("dp", None), P(None, "tp"), P("dp"),
-                                              P("dp", "tp"), P("dp")))]
+            zip((z, y, x, w, b, ys), (spec, P(spec[0]), P(spec[0], None), w_spec, P(spec[1]),
+                                      P(spec[0])))]
 
-  def losses(x, w, y, z, t):
-    return (jaxsoftmax.linear_cross_entropy(x, w, y, ignore_index=-100, label_smoothing=0.1)
-            + jaxsoftmax.cross_entropy(z, t, ignore_index=-100)
-            + jnp.sum(jaxsoftmax.log_softmax(z)[:, 0]))
+  def losses(z, y, x, w, b, ys):
+    return (jaxsoftmax.cross_entropy(z, y, ignore_index=-100, label_smoothing=0.1)
+            + jaxsoftmax.nll_loss(jaxsoftmax.log_softmax(z), y, ignore_index=-100)
+            + jnp.sum(jaxsoftmax.softmax(z) ** 2)
+            + jaxsoftmax.linear_cross_entropy(x, w, ys, bias=b, ignore_index=-100,
+                                              label_smoothing=0.1))
 
-  value, grads = jax.jit(jax.value_and_grad(losses, argnums=(0, 1, 3)))(*placed)
-  expected, expected_grads = jax.value_and_grad(losses, argnums=(0, 1, 3))(
-      *map(jnp.asarray, (x, w, y, logits_, labels_)))
+  vg = jax.jit(jax.value_and_grad(losses, argnums=(0, 2, 3, 4)))
+  value, grads = vg(*placed)
+  text = vg.lower(*placed).compile().as_text()
+  expected, expected_grads = jax.value_and_grad(losses, argnums=(0, 2, 3, 4))(
+      *map(jnp.asarray, (z, y, x, w, b, ys)))
   assert_close(value, expected, "float32", "loss")
   for g, e in zip(grads, expected_grads):
     assert_close(g, e, "float32", "grad")
+  found = collectives_of(text)
+  assert not [k for k, _ in found if k in ("collective-permute", "all-to-all")], found
+  dp, tp = (2 if "dp" in layout else 1), (4 if "tp" in layout else 1)
+  blocks = ((N // dp) * (WIDE // tp), (n // dp) * (WIDE // tp))  # a device's logits, both ops
+  assert all(e < min(blocks) for k, e in found if k == "all-gather"), found  # row statistics
+  assert all(e <= max(D * WIDE, n * D) < N * WIDE for _, e in found), found  # dw, dx: no logits
+
+
+def test_plain_jit_auto_mesh_other_cases_fall_back_correctly():
+  # "none", masks, K-d inputs: GSPMD partitions the unsharded op (right, not minimal).
+  mesh = make_mesh(axis_type=AUTO)
+  z, y = logits(N, C), labels_for(ignore=-100)
+  mask = np.random.default_rng(3).random(z.shape) > 0.2
+  placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in
+            zip((z, y, mask), (P("dp", "tp"), P("dp"), P("dp", "tp")))]
+
+  def losses(z, y, m):
+    return (jnp.sum(jaxsoftmax.cross_entropy(z, y, ignore_index=-100, reduction="none"))
+            + jnp.sum(jnp.where(m, jaxsoftmax.log_softmax(z, where=m), 0.0)))
+
+  value, grad = jax.jit(jax.value_and_grad(losses))(*placed)
+  expected, expected_grad = jax.value_and_grad(losses)(*map(jnp.asarray, (z, y, mask)))
+  assert_close(value, expected, "float32", "loss")
+  assert_close(grad, expected_grad, "float32", "grad")
 
 
 # ------------------------------------------------------------------------------------------------
