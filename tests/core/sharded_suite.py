@@ -47,7 +47,9 @@ def run(fn, mesh, args, specs, out_spec, argnums, cotangent_seed=0):
   body = jax.shard_map(fn, mesh=mesh, in_specs=tuple(specs), out_specs=out_spec)
   with jax.set_mesh(mesh):
     placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
-    out = jax.jit(body)(*placed)
+    # Blocked before the next dispatch: one execution in flight at a time on host devices (see
+    # examples/11_sharded_lm_head.py for the starvation that queued ones can cause).
+    out = jax.block_until_ready(jax.jit(body)(*placed))
     cot = np.random.default_rng(cotangent_seed).normal(size=out.shape).astype(np.float32)
 
     def loss(*diff):
