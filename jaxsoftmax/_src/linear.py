@@ -561,7 +561,7 @@ def _auto_fused(static, has_bias, has_weight):
   return fused
 
 
-_AUTO_FUSED = {}
+_AUTO_FUSED = {}  # one custom_partitioning op per static configuration (its rule closes over it)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -583,12 +583,136 @@ def _lce_auto_fwd(x, w, b, labels, weight, static):
 
 
 def _lce_auto_bwd(static, res, g):
-  return tuple(None if r is None else (g.astype(jnp.float32) * r.astype(jnp.float32)).astype(r.dtype)
-               for r in res[:3]) + (None, None if res[3] is None else
-                                    (g.astype(jnp.float32) * res[3]).astype(res[3].dtype))
+  """The forward's unit-cotangent gradients, scaled: ``(dx, dw, db, None, dweight)``."""
+  def scale(r):
+    return None if r is None else (g.astype(jnp.float32) * r.astype(jnp.float32)).astype(r.dtype)
+  dx, dw, db, dweight = res
+  return scale(dx), scale(dw), scale(db), None, scale(dweight)
 
 
 _lce_auto.defvjp(_lce_auto_fwd, _lce_auto_bwd)
+
+
+def _auto_none(static, has_bias, has_weight):
+  """For ``"none"`` (a cotangent per row, so the backward cannot be prepared in the forward):
+  ``forward(x, w, [b], labels, [weight]) -> (losses, m, log_s, w_y, total_w)`` and
+  ``backward(x, w, [b], labels, [weight], m, log_s, w_y, total_w, g) -> (dx, dw, [db],
+  [dweight])``, both partitioned by the sharded rules."""
+  from jax.experimental.custom_partitioning import custom_partitioning  # noqa: PLC0415
+
+  n_operands = 3 + has_bias + has_weight
+
+  def split(args):
+    it = iter(args[:n_operands])
+    x, w = next(it), next(it)
+    b = next(it) if has_bias else None
+    labels = next(it)
+    weight = next(it) if has_weight else None
+    return x, w, b, labels, weight
+
+  def grads(dx, dw, db, dweight):
+    return (dx, dw) + ((db,) if has_bias else ()) + ((dweight,) if has_weight else ())
+
+  def forward_plain(*args):
+    x, w, b, labels, weight = split(args)
+    _, out = _scan(x, w, b, labels, weight, static)
+    w_y = xent.label_weights(labels, weight, static.loss.ignore_index,
+                             w.shape[0 if static.vocab_first else 1], out["m"].dtype)[0]
+    return (out["losses"].astype(x.dtype), out["m"], out["log_s"], w_y,
+            jnp.zeros_like(out["m"]))
+
+  def backward_plain(*args):
+    x, w, b, labels, weight = split(args)
+    m, log_s, g = args[n_operands], args[n_operands + 1], args[-1]
+    (dw, db, dweight), out = _scan(x, w, b, labels, weight, static,
+                                   row_scale=g.astype(m.dtype), stats=(m, log_s))
+    return grads(out["dx"].astype(x.dtype), dw.astype(w.dtype),
+                 None if b is None else db.astype(b.dtype),
+                 None if weight is None else dweight.astype(weight.dtype))
+
+  forward, backward = custom_partitioning(forward_plain), custom_partitioning(backward_plain)
+
+  def layout(mesh, arg_shapes):
+    x_spec = collectives.spec_of(arg_shapes[0], 2)
+    w_spec = collectives.spec_of(arg_shapes[1], 2)
+    batch = collectives.entry_names(x_spec[0])
+    classes = tuple(a for a in collectives.entry_names(w_spec[0] if static.vocab_first
+                                                       else w_spec[1]) if a not in batch)
+    rows, cls = batch or None, classes or None
+    x_s = NamedSharding(mesh, P(rows, None))
+    w_s = NamedSharding(mesh, P(cls, None) if static.vocab_first else P(None, cls))
+    v_s, n_s = NamedSharding(mesh, P(cls)), NamedSharding(mesh, P(rows))
+    operands = (x_s, w_s) + ((v_s,) if has_bias else ()) + (n_s,) + ((v_s,) if has_weight else ())
+    return collectives.Axes(classes, batch), operands, (n_s,) * 5, grads(x_s, w_s, v_s, v_s)
+
+  def like_of(axes):
+    rows, cls = frozenset(axes.batch), frozenset(axes.classes)
+    return (rows, cls, cls if has_bias else None, rows, cls if has_weight else None), rows | cls
+
+  def forward_partition(mesh, arg_shapes, result_shape):
+    axes, operands, stats, _ = layout(mesh, arg_shapes)
+    like, every = like_of(axes)
+
+    def lower_fn(*args):
+      x, w, b, labels, weight = split(args)
+      with collectives.untyped(every):
+        loss, res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
+      return (loss,) + tuple(res[5])
+
+    return mesh, lower_fn, stats, operands
+
+  def backward_partition(mesh, arg_shapes, result_shape):
+    axes, operands, stats, results = layout(mesh, arg_shapes)
+    like, every = like_of(axes)
+
+    def lower_fn(*args):
+      x, w, b, labels, weight = split(args)
+      saved = _ShardedStats(*args[n_operands:n_operands + 4])
+      res = (x, w, b, labels, weight, saved, None, None, None, None)
+      with collectives.untyped(every):
+        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res, args[-1])
+      return grads(dx, dw, db, dweight)
+
+    return mesh, lower_fn, results, operands + stats[:4] + stats[:1]
+
+  w_dims = "v d" if static.vocab_first else "d v"
+  ops = ["n d", w_dims] + (["v"] if has_bias else []) + ["n"] + (["v"] if has_weight else [])
+  outs = ["n d", w_dims] + (["v"] if has_bias else []) + (["v"] if has_weight else [])
+  forward.def_partition(forward_partition,
+                        infer_sharding_from_operands=lambda m, a, r: layout(m, a)[2],
+                        sharding_rule=", ".join(ops) + " -> " + ", ".join(["n"] * 5))
+  backward.def_partition(backward_partition,
+                         infer_sharding_from_operands=lambda m, a, r: layout(m, a)[3],
+                         sharding_rule=", ".join(ops + ["n"] * 5) + " -> " + ", ".join(outs))
+  return forward, backward
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lce_auto_none(x, w, b, labels, weight, static):
+  return _lce_auto_none_fwd(x, w, b, labels, weight, static)[0]
+
+
+def _lce_auto_none_fwd(x, w, b, labels, weight, static):
+  key = ("none", static, b is not None, weight is not None)
+  if key not in _AUTO_FUSED:
+    _AUTO_FUSED[key] = _auto_none(*key[1:])
+  args = (x, w) + (() if b is None else (b,)) + (labels,) + (() if weight is None else (weight,))
+  losses, *stats = _AUTO_FUSED[key][0](*args)
+  return losses, ((x, w, b, labels, weight), tuple(stats))
+
+
+def _lce_auto_none_bwd(static, res, g):
+  (x, w, b, labels, weight), stats = res
+  key = ("none", static, b is not None, weight is not None)
+  args = (x, w) + (() if b is None else (b,)) + (labels,) + (() if weight is None else (weight,))
+  out = list(_AUTO_FUSED[key][1](*args, *stats, g))
+  dx, dw = out[0], out[1]
+  db = out[2] if b is not None else None
+  dweight = out[-1] if weight is not None else None
+  return dx, dw, db, None, dweight
+
+
+_lce_auto_none.defvjp(_lce_auto_none_fwd, _lce_auto_none_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("static", "checked", "axes", "auto"))
@@ -599,9 +723,10 @@ def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=c
                                static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
   if auto:
-    out = _lce_auto(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size),
-                    weight, static)
-    return out
+    rule = _lce_auto_none if static.loss.reduction == "none" else _lce_auto
+    out = rule(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
+               static)
+    return out.reshape(batch) if static.loss.reduction == "none" else out
   if axes:
     x2, labels2 = x.reshape(labels.size, x.shape[-1]), labels.reshape(labels.size)
     like = tuple(None if a is None else collectives.varying(a)
@@ -780,7 +905,7 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
         [x_spec, w_spec, row_spec, (v_entry,), (v_entry,)],
         row_spec if options.reduction == "none" else ())
   # Auto mesh axes: partitioned by our own rule (custom_partitioning) for the fused reductions.
-  auto = (not axes and options.reduction != "none" and implementation != "pallas"
+  auto = (not axes and implementation != "pallas"
           and (collectives.auto_mesh(x) is not None or collectives.auto_mesh(w) is not None))
   if auto:
     static = _Static(options, static.chunk_size, vocab_first, dispatch.Backend.XLA)

@@ -556,6 +556,8 @@ def _auto_fused(kind, static, has_weight):
     return _nll(x, t, weight, 1, static.ignore_index, static.reduction, x.shape[1])
 
   def unpartitioned(*args):
+    # "none" (no class weight here): each row's gradient for a unit cotangent of its own loss;
+    # rows are independent, so one vjp with all-ones cotangents gives them all at once.
     x, t, weight = split(args)
     if probs:
       loss, vjp = jax.vjp(plain, x, t, weight)
@@ -575,7 +577,8 @@ def _auto_fused(kind, static, has_weight):
     x_s, n_s, c_s = (NamedSharding(mesh, P(rows, cls)), NamedSharding(mesh, P(rows)),
                      NamedSharding(mesh, P(cls)))
     args = (x_s, x_s if probs else n_s) + ((c_s,) if has_weight else ())
-    return collectives.Axes(classes, batch), args, join(NamedSharding(mesh, P()), x_s, x_s, c_s)
+    loss_s = n_s if static.reduction == "none" else NamedSharding(mesh, P())
+    return collectives.Axes(classes, batch), args, join(loss_s, x_s, x_s, c_s)
 
   def partition(mesh, arg_shapes, result_shape):
     axes, arg_shardings, result_shardings = layout(mesh, arg_shapes)
@@ -607,13 +610,14 @@ def _auto_fused(kind, static, has_weight):
     return layout(mesh, arg_shapes)[2]
 
   operands = ["n c", "n c" if probs else "n"] + (["c"] if has_weight else [])
-  results = ["", "n c"] + (["n c"] if probs else []) + (["c"] if has_weight else [])
+  results = (["n" if static.reduction == "none" else "", "n c"] + (["n c"] if probs else [])
+             + (["c"] if has_weight else []))
   fused.def_partition(partition, infer_sharding_from_operands=infer,
                       sharding_rule=", ".join(operands) + " -> " + ", ".join(results))
   return fused
 
 
-_AUTO_FUSED = {}
+_AUTO_FUSED = {}  # one custom_partitioning op per static configuration (its rule closes over it)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -633,18 +637,23 @@ def _loss_auto_fwd(x, t, weight, kind, static):
 
 
 def _loss_auto_bwd(kind, static, res, g):
+  # "mean"/"sum": a scalar cotangent scales everything; "none": row n's gradients by g[n].
+  gc = g.astype(jnp.float32)
+  gc = gc if static.reduction != "none" else gc[:, None]
+
   def scale(r):
-    return None if r is None else (g.astype(jnp.float32) * r.astype(jnp.float32)).astype(r.dtype)
+    return None if r is None else (gc * r.astype(jnp.float32)).astype(r.dtype)
   return tuple(scale(r) for r in res)
 
 
 _loss_auto.defvjp(_loss_auto_fwd, _loss_auto_bwd)
 
 
-def _auto_applies(x, axis, reduction, implementation="xla") -> bool:
-  """The Auto-mesh rule takes [N, C] logits with classes last, "mean" or "sum"."""
-  return (x.ndim == 2 and axis == 1 and reduction != "none" and implementation != "pallas"
-          and collectives.auto_mesh(x) is not None)
+def _auto_applies(x, axis, reduction, weight, implementation="xla") -> bool:
+  """The Auto-mesh rule takes [N, C] logits with classes last; "none" without class weights
+  (their gradient sums rows with different cotangents, which a forward cannot prepare)."""
+  return (x.ndim == 2 and axis == 1 and (reduction != "none" or weight is None)
+          and implementation != "pallas" and collectives.auto_mesh(x) is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -823,7 +832,7 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
   layout = None if axes else collectives.explicit_layout(logits)
-  if layout is None and not axes and _auto_applies(logits, axis, reduction, implementation):
+  if layout is None and not axes and _auto_applies(logits, axis, reduction, weight, implementation):
     return _loss_jit(logits, labels, weight, kind="labels" if indices else "probs",
                      static=LossOptions(ignore_index, label_smoothing, reduction))
   if layout is not None and implementation != "pallas":
@@ -901,7 +910,7 @@ def nll_loss(log_probs: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, a
   checks.check_labels_in_range(labels, axes.num_classes(log_probs.shape[axis]),
                                ignore_index, op)
   layout = None if axes else collectives.explicit_layout(log_probs)
-  if layout is None and not axes and _auto_applies(log_probs, axis, reduction):
+  if layout is None and not axes and _auto_applies(log_probs, axis, reduction, weight):
     return _loss_jit(log_probs, labels, weight, kind="nll",
                      static=LossOptions(ignore_index, 0.0, reduction))
   if layout is not None:

@@ -703,7 +703,12 @@ def test_plain_jit_auto_mesh_partitions_by_our_rule(layout):
             + jaxsoftmax.nll_loss(jaxsoftmax.log_softmax(z), y, ignore_index=-100)
             + jnp.sum(jaxsoftmax.softmax(z) ** 2)
             + jaxsoftmax.linear_cross_entropy(x, w, ys, bias=b, ignore_index=-100,
-                                              label_smoothing=0.1))
+                                              label_smoothing=0.1)
+            # "none": a cotangent per row (the linear loss then partitions its backward too)
+            + jnp.sum(jaxsoftmax.cross_entropy(z, y, ignore_index=-100, reduction="none")
+                      * jnp.linspace(0.5, 1.5, N))
+            + jnp.sum(jaxsoftmax.linear_cross_entropy(x, w, ys, bias=b, ignore_index=-100,
+                                                      reduction="none") * jnp.linspace(1, 2, n)))
 
   vg = jax.jit(jax.value_and_grad(losses, argnums=(0, 2, 3, 4)))
   value, grads = vg(*placed)
@@ -722,21 +727,27 @@ def test_plain_jit_auto_mesh_partitions_by_our_rule(layout):
 
 
 def test_plain_jit_auto_mesh_other_cases_fall_back_correctly():
-  # "none", masks, K-d inputs: GSPMD partitions the unsharded op (right, not minimal).
+  # "none" with class weights, masks, K-d inputs: GSPMD partitions the unsharded op (right, not
+  # minimal).
   mesh = make_mesh(axis_type=AUTO)
   z, y = logits(N, C), labels_for(ignore=-100)
   mask = np.random.default_rng(3).random(z.shape) > 0.2
+  weight = np.random.default_rng(4).uniform(0.5, 2.0, size=C).astype(np.float32)
   placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in
-            zip((z, y, mask), (P("dp", "tp"), P("dp"), P("dp", "tp")))]
+            zip((z, y, mask, weight), (P("dp", "tp"), P("dp"), P("dp", "tp"), P("tp")))]
 
-  def losses(z, y, m):
-    return (jnp.sum(jaxsoftmax.cross_entropy(z, y, ignore_index=-100, reduction="none"))
-            + jnp.sum(jnp.where(m, jaxsoftmax.log_softmax(z, where=m), 0.0)))
+  def losses(z, y, m, cw):
+    return (jnp.sum(jaxsoftmax.cross_entropy(z, y, weight=cw, ignore_index=-100,
+                                             reduction="none") * jnp.linspace(0.5, 1.5, N))
+            + jnp.sum(jnp.where(m, jaxsoftmax.log_softmax(z, where=m), 0.0))
+            + jnp.sum(jaxsoftmax.softmax(z.reshape(2, N // 2, C)) ** 2))
 
-  value, grad = jax.jit(jax.value_and_grad(losses))(*placed)
-  expected, expected_grad = jax.value_and_grad(losses)(*map(jnp.asarray, (z, y, mask)))
+  value, grads = jax.jit(jax.value_and_grad(losses, argnums=(0, 3)))(*placed)
+  expected, expected_grads = jax.value_and_grad(losses, argnums=(0, 3))(
+      *map(jnp.asarray, (z, y, mask, weight)))
   assert_close(value, expected, "float32", "loss")
-  assert_close(grad, expected_grad, "float32", "grad")
+  for g, e in zip(grads, expected_grads):
+    assert_close(g, e, "float32", "grad")
 
 
 # ------------------------------------------------------------------------------------------------
