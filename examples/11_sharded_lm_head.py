@@ -79,9 +79,9 @@ def main(steps: int) -> None:
 
   compiled = step.lower(params, state, *batch(0)).compile()
   memory = compiled.memory_analysis()
-  print(f"mesh dp=2 x tp=4; w2 {init['w2'].shape} is {params['w2'].addressable_shards[0].data.shape} "
-        f"per device; per-device XLA temporaries of a training step: "
-        f"{memory.temp_size_in_bytes / 2**20:.2f} MiB")
+  block = params["w2"].addressable_shards[0].data.shape
+  print(f"mesh dp=2 x tp=4; w2 {init['w2'].shape} is {block} per device; per-device XLA "
+        f"temporaries of a training step: {memory.temp_size_in_bytes / 2**20:.2f} MiB")
   first = None
   for i in range(steps):
     params, state, loss = step(params, state, *batch(i))

@@ -55,7 +55,6 @@ def collectives_in(hlo_text: str) -> list[dict]:
 def measure(n: int = 4096, d: int = 256, v: int = 32768, reps: int = 5) -> dict:
   """The measurements (this process must already see 8 devices)."""
   import jax  # noqa: PLC0415 - after the caller has set XLA_FLAGS
-  import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
   import optax  # noqa: PLC0415
   from jax.sharding import AxisType, NamedSharding  # noqa: PLC0415

@@ -61,7 +61,8 @@ def run(fn, mesh, args, specs, out_spec, argnums, cotangent_seed=0):
 
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(argnums)))))(
         *[placed[i] for i in argnums])
-  return np.asarray(out.astype(jnp.float32)), [np.asarray(g.astype(jnp.float32)) for g in grads], cot
+  grads = [np.asarray(g.astype(jnp.float32)) for g in grads]
+  return np.asarray(out.astype(jnp.float32)), grads, cot
 
 
 def full_grads(fn, args, argnums, cot):
