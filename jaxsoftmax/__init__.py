@@ -7,7 +7,9 @@ mirrors ``torch.nn.functional``; ``jaxsoftmax.nn`` mirrors ``torch.nn`` as Flax 
 
 from jaxsoftmax._src.errors import ArgumentError as ArgumentError
 from jaxsoftmax._src.errors import DTypeError as DTypeError
+from jaxsoftmax._src.adaptive import adaptive_log_softmax_with_loss as adaptive_log_softmax_with_loss
 from jaxsoftmax._src.linear import linear_cross_entropy as linear_cross_entropy
+from jaxsoftmax._src.xent import LossAux as LossAux
 from jaxsoftmax._src.losses import cross_entropy as cross_entropy
 from jaxsoftmax._src.losses import nll_loss as nll_loss
 from jaxsoftmax._src.family import log_softmax as log_softmax
@@ -19,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "DTypeError",
+    "LossAux",
+    "adaptive_log_softmax_with_loss",
     "cross_entropy",
     "linear_cross_entropy",
     "log_softmax",

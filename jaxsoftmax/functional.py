@@ -19,7 +19,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src import checks, family, linear, losses, torch_compat
+from jaxsoftmax._src import checks, family, linear, losses, torch_compat, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gumbel_softmax",
@@ -91,14 +91,19 @@ def _check_batch(x, target, op):
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
                   reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                  axis_name=None, batch_axis_name=None, num_classes=None) -> jax.Array:
+                  axis_name=None, batch_axis_name=None, num_classes=None, z_loss: float = 0.0,
+                  logit_softcap: float | None = None, return_lse: bool = False,
+                  return_argmax: bool = False, return_accuracy: bool = False,
+                  return_z_loss: bool = False):
   r"""``torch.nn.functional.cross_entropy``: log-softmax over dim 1 (dim 0 for 1-d input) + NLL.
 
   ``input`` is ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``. ``target`` holds class indices of
   shape ``()``, ``(N)`` or ``(N, d1, ..., dK)``, or class probabilities of ``input``'s shape.
   JAX-side extensions: ``axis_name`` (the class dim split over mesh axes inside ``shard_map``)
-  and ``batch_axis_name`` (the rows split), and ``num_classes`` (the true size of a padded class
-  dim), as :func:`jaxsoftmax.cross_entropy`.
+  and ``batch_axis_name`` (the rows split), ``num_classes`` (the true size of a padded class
+  dim), ``z_loss``, ``logit_softcap`` and the ``return_*`` in-pass outputs, as
+  :func:`jaxsoftmax.cross_entropy` (torch has none of them: its equivalents are composed, e.g.
+  ``F.cross_entropy(c * torch.tanh(x / c), t) + s * (torch.logsumexp(x, 1)**2).mean()``).
 
   Example:
     >>> from jaxsoftmax import functional as F
@@ -131,7 +136,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
   return losses.cross_entropy(x, target, axis=axis, weight=weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, reduction=reduction,
                                axis_name=axis_name, batch_axis_name=batch_axis_name,
-                               num_classes=num_classes)
+                               num_classes=num_classes, z_loss=z_loss,
+                               logit_softcap=logit_softcap, return_lse=return_lse,
+                               return_argmax=return_argmax, return_accuracy=return_accuracy,
+                               return_z_loss=return_z_loss)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
@@ -156,9 +164,13 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
 class LinearCrossEntropyOptions:
   """``torch.nn.LinearCrossEntropyOptions``, as far as it means anything here.
 
-  ``batch_chunk_size`` is the rows per chunk (default: 32 MiB of float32 logits per chunk). torch's
-  ``acc_policy``/``acc_dtype`` choose its accumulation precision; jaxsoftmax always accumulates in
-  float32, so they are accepted and ignored. A torch ``LinearCrossEntropyOptions`` instance is
+  ``batch_chunk_size`` is the rows per chunk (default: 32 MiB of float32 logits per chunk).
+  ``acc_dtype`` is the dtype the weight and bias gradients are summed in across chunks: None
+  (float32, torch's ``"auto"`` choice for half inputs on CPU and recent GPUs) or the input's own
+  dtype (torch's non-mixed path). ``acc_policy`` picks, in torch, which intermediates use
+  ``acc_dtype`` and whether a scratch buffer is kept; here every policy sums ``dw``/``db`` in
+  ``acc_dtype`` and keeps the logit gradient in float32, which is what ``"accurate"`` does, so it
+  is validated and otherwise has no effect. A torch ``LinearCrossEntropyOptions`` instance is
   accepted as well.
   """
 
@@ -168,11 +180,30 @@ class LinearCrossEntropyOptions:
   acc_dtype: object = None
   allow_retain_graph: bool = False
 
+  def __post_init__(self):
+    if self.acc_policy not in _ACC_POLICIES:
+      raise ArgumentError(f"LinearCrossEntropyOptions: acc_policy must be one of "
+                          f"{sorted(_ACC_POLICIES)}; got {self.acc_policy!r}.")
+
+
+_ACC_POLICIES = frozenset({"auto", "accurate", "balanced", "compact"})
+
+
+def acc_dtype_of(options):
+  """``options.acc_dtype`` (a torch or JAX dtype, or None) as a JAX dtype, or None."""
+  acc = getattr(options, "acc_dtype", None)
+  if acc is None:
+    return None
+  return jnp.dtype(str(acc).removeprefix("torch."))
+
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction: str = "mean", ignore_index: int | None = None,
                          label_smoothing: float = 0.0, options=None, axis_name=None,
-                         batch_axis_name=None, num_classes=None) -> jax.Array:
+                         batch_axis_name=None, num_classes=None, z_loss: float = 0.0,
+                         logit_softcap: float | None = None, return_lse: bool = False,
+                         return_argmax: bool = False, return_accuracy: bool = False,
+                         return_z_loss: bool = False, filter_eps=None):
   r"""``torch.nn.functional.linear_cross_entropy``: ``cross_entropy(linear(input, W, b), target)``.
 
   ``input`` is ``(D)`` or ``(N, D)``; ``linear_weight`` is torch's ``(C, D)`` (or
@@ -185,8 +216,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   logits and call :func:`cross_entropy`, as torch's chunked path falls back to its reference.
   ``ignore_index=None`` means -100 for class indices, as in torch. JAX-side extensions:
   ``axis_name`` (``linear_weight``'s C axis split over mesh axes inside ``shard_map``) and
-  ``batch_axis_name`` and ``num_classes``, as :func:`jaxsoftmax.linear_cross_entropy`; chunked
-  path only.
+  ``batch_axis_name`` and ``num_classes``, ``z_loss``, ``logit_softcap``, the ``return_*``
+  outputs and ``filter_eps``, as :func:`jaxsoftmax.linear_cross_entropy`; chunked path only.
+  ``options.acc_dtype`` is honoured (see :class:`LinearCrossEntropyOptions`).
   """
   op = "linear_cross_entropy"
   x = checks.as_float_array(input, "input", op)
@@ -203,17 +235,25 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                         f"(N, in_features); got input of shape {x.shape}.")
   chunk = getattr(options, "batch_chunk_size", None)  # None: no options, or torch's auto
   indices = jnp.issubdtype(target.dtype, jnp.integer)
+  extras = dict(z_loss=z_loss, logit_softcap=logit_softcap, return_lse=return_lse,
+                return_argmax=return_argmax, return_accuracy=return_accuracy,
+                return_z_loss=return_z_loss)
   if indices and w.ndim == 2 and target.shape == x.shape[:-1]:
+    checks.check_flags(op, **{k: v for k, v in extras.items() if k.startswith("return_")})
     return linear.validated_call(
         op, linear.ArgNames("input", "linear_weight", "target", "linear_bias"), x, w, target,
         bias=linear_bias, weight=weight, chunk_size=chunk, vocab_first=True,
         options=losses.LossOptions(-100 if ignore_index is None else ignore_index,
-                                   label_smoothing, reduction),
-        axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes)
-  if axis_name is not None or batch_axis_name is not None or num_classes is not None:
-    raise ArgumentError(f"{op}: axis_name and batch_axis_name need integer targets of input's "
-                        f"batch shape and a 2-d linear_weight (the chunked path); got target "
-                        f"{target.dtype} {target.shape} and linear_weight {w.shape}.")
+                                   label_smoothing, reduction, z_loss, logit_softcap),
+        axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes,
+        outputs=xent.Outputs(return_lse, return_argmax, return_accuracy, return_z_loss),
+        filter_eps=filter_eps, accumulation_dtype=acc_dtype_of(options))
+  if (axis_name is not None or batch_axis_name is not None or num_classes is not None
+      or filter_eps is not None):
+    raise ArgumentError(f"{op}: axis_name, batch_axis_name, num_classes and filter_eps need "
+                        f"integer targets of input's batch shape and a 2-d linear_weight (the "
+                        f"chunked path); got target {target.dtype} {target.shape} and "
+                        f"linear_weight {w.shape}.")
   # The reference path: form the logits (N, C, d1, ..., dK), then cross_entropy over dim 1.
   if x.shape[-1] != w.shape[-1]:
     raise ArgumentError(f"{op}: input's in_features {x.shape[-1]} (shape {x.shape}) must equal "
@@ -234,10 +274,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
   logits = logits.reshape(x.shape[:-1] + out_shape)
   if not indices:
     target = target.astype(ct)
-  loss = cross_entropy(logits, target, weight=weight,
-                       ignore_index=-100 if ignore_index is None else ignore_index,
-                       reduction=reduction, label_smoothing=label_smoothing)
-  return loss.astype(x.dtype)
+  out = cross_entropy(logits, target, weight=weight,
+                      ignore_index=-100 if ignore_index is None else ignore_index,
+                      reduction=reduction, label_smoothing=label_smoothing, **extras)
+  if isinstance(out, tuple):
+    return out[0].astype(x.dtype), out[1]
+  return out.astype(x.dtype)
 
 
 def gumbel_softmax(logits, tau: float = 1, hard: bool = False, eps: float = 1e-10, dim: int = -1,

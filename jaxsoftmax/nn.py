@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsoftmax._src import linear, torch_compat
+from jaxsoftmax._src import adaptive, checks, linear, torch_compat
+from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.losses import LossOptions
 from jaxsoftmax import functional as F
 
-__all__ = ["Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss",
+__all__ = ["AdaptiveLogSoftmaxWithLoss", "Buffer", "Softmax", "LogSoftmax", "Softmin", "Softmax2d", "CrossEntropyLoss", "NLLLoss",
            "LinearCrossEntropyLoss"]
 
 
@@ -98,15 +99,18 @@ class CrossEntropyLoss(_WeightedLoss):
 
   def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                reduction: str = "mean", label_smoothing: float = 0.0, *, axis_name=None,
-               batch_axis_name=None):
+               batch_axis_name=None, z_loss: float = 0.0, logit_softcap: float | None = None):
     super().__init__(weight, size_average, reduce, reduction, axis_name, batch_axis_name)
     self.ignore_index = ignore_index
     self.label_smoothing = label_smoothing
+    # JAX-side extensions (jaxsoftmax.cross_entropy's): PaLM's z-loss and Gemma-2's soft-cap.
+    self.z_loss, self.logit_softcap = z_loss, logit_softcap
 
   def __call__(self, input, target) -> jax.Array:
     return F.cross_entropy(input, target, weight=self._weight(), ignore_index=self.ignore_index,
                            reduction=self.reduction, label_smoothing=self.label_smoothing,
-                           axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)
+                           axis_name=self.axis_name, batch_axis_name=self.batch_axis_name,
+                           z_loss=self.z_loss, logit_softcap=self.logit_softcap)
 
 
 class NLLLoss(_WeightedLoss):
@@ -140,7 +144,8 @@ class LinearCrossEntropyLoss(nnx.Module):
   def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
                bias: bool = False, dtype=jnp.float32, reduction: str = "mean", weight=None,
                ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
-               axis_name=None, batch_axis_name=None, rngs: nnx.Rngs):
+               axis_name=None, batch_axis_name=None, z_loss: float = 0.0,
+               logit_softcap: float | None = None, filter_eps=None, rngs: nnx.Rngs):
     self.num_classes, self.out_features = num_classes, tuple(out_features)
     init = torch_compat.torch_uniform(in_features)
     self.linear = nnx.Linear(in_features, num_classes * math.prod(self.out_features),
@@ -150,6 +155,7 @@ class LinearCrossEntropyLoss(nnx.Module):
     self.label_smoothing, self.options = label_smoothing, options
     self.weight = None if weight is None else Buffer(jnp.array(weight, copy=True))
     self.axis_name, self.batch_axis_name = axis_name, batch_axis_name
+    self.z_loss, self.logit_softcap, self.filter_eps = z_loss, logit_softcap, filter_eps
 
   def __call__(self, input, target) -> jax.Array:
     kernel = self.linear.kernel[...]
@@ -167,10 +173,76 @@ class LinearCrossEntropyLoss(nnx.Module):
                                                     "linear.bias"), x, kernel, target,
           bias=bias, weight=weight, chunk_size=chunk, vocab_first=False,
           options=LossOptions(-100 if self.ignore_index is None else self.ignore_index,
-                              self.label_smoothing, self.reduction),
-          axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)
+                              self.label_smoothing, self.reduction, self.z_loss,
+                              self.logit_softcap),
+          axis_name=self.axis_name, batch_axis_name=self.batch_axis_name,
+          filter_eps=self.filter_eps, accumulation_dtype=F.acc_dtype_of(self.options))
     torch_weight = kernel.T.reshape((self.num_classes,) + self.out_features + (kernel.shape[0],))
     return F.linear_cross_entropy(
         input, torch_weight, target, linear_bias=bias, weight=weight, reduction=self.reduction,
         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options,
-        axis_name=self.axis_name, batch_axis_name=self.batch_axis_name)
+        axis_name=self.axis_name, batch_axis_name=self.batch_axis_name, z_loss=self.z_loss,
+        logit_softcap=self.logit_softcap)
+
+
+class AdaptiveLogSoftmaxWithLoss(nnx.Module):
+  """``torch.nn.AdaptiveLogSoftmaxWithLoss`` (Grave et al., 2017) as a Flax NNX module.
+
+  Same constructor arguments, layers and names as torch (``head``; ``tail[i]`` a pair of Linear
+  layers without bias), initialised as torch's ``nn.Linear``; weights move both ways with
+  :func:`jaxsoftmax.tutorial.interop.from_torch` / ``to_torch`` under torch's state-dict keys.
+  The math is :func:`jaxsoftmax.adaptive_log_softmax_with_loss`.
+
+  Example:
+    >>> asm = AdaptiveLogSoftmaxWithLoss(8, 10, [4, 7], rngs=nnx.Rngs(0))
+    >>> out = asm(jnp.ones((3, 8)), jnp.array([0, 5, 9]))
+    >>> out.output.shape, out.loss.shape
+    ((3,), ())
+  """
+
+  def __init__(self, in_features: int, n_classes: int, cutoffs, div_value: float = 4.0,
+               head_bias: bool = False, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    op = "AdaptiveLogSoftmaxWithLoss"
+    self.cutoffs = adaptive.check_cutoffs(cutoffs, n_classes, op)  # with n_classes, as torch
+    self.in_features, self.n_classes = in_features, n_classes
+    self.div_value, self.head_bias = div_value, head_bias
+    self.shortlist_size = self.cutoffs[0]
+    self.n_clusters = len(self.cutoffs) - 1
+    self.head_size = self.shortlist_size + self.n_clusters
+
+    def linear(fan_in, fan_out, bias=False):
+      init = torch_compat.torch_uniform(fan_in)
+      return nnx.Linear(fan_in, fan_out, use_bias=bias, kernel_init=init, bias_init=init,
+                        dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+    self.head = linear(in_features, self.head_size, head_bias)
+    tails = []
+    for i in range(self.n_clusters):
+      hidden = int(in_features // (div_value ** (i + 1)))
+      tails.append(nnx.List([linear(in_features, hidden),
+                             linear(hidden, self.cutoffs[i + 1] - self.cutoffs[i])]))
+    self.tail = nnx.List(tails)
+
+  def _weights(self):
+    bias = None if self.head.bias is None else self.head.bias[...]
+    return self.head.kernel[...], bias, tuple((a.kernel[...], b.kernel[...]) for a, b in self.tail)
+
+  def __call__(self, input, target) -> adaptive.ASMOutput:
+    """``(output, loss)``: each row's ``log p(target)`` and their negative mean."""
+    kernel, bias, tails = self._weights()
+    return adaptive.adaptive_log_softmax_with_loss(input, target, kernel, tails, self.cutoffs,
+                                                   head_bias=bias)
+
+  def log_prob(self, input) -> jax.Array:
+    """``(N, n_classes)`` (or ``(n_classes,)``) log-probabilities of every class."""
+    x = checks.as_float_array(input, "input", "AdaptiveLogSoftmaxWithLoss.log_prob")
+    if x.ndim not in (1, 2) or x.shape[-1] != self.in_features:
+      raise ArgumentError(f"AdaptiveLogSoftmaxWithLoss.log_prob: input must be (N, "
+                          f"{self.in_features}) or ({self.in_features},); got {x.shape}.")
+    kernel, bias, tails = self._weights()
+    out = adaptive.log_prob(x if x.ndim == 2 else x[None], kernel, bias, tails, self.cutoffs)
+    return out if x.ndim == 2 else out[0]
+
+  def predict(self, input) -> jax.Array:
+    """The most likely class of each row (torch's ``predict``: the argmax of :meth:`log_prob`)."""
+    return jnp.argmax(self.log_prob(input), axis=-1)

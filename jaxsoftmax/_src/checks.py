@@ -100,6 +100,40 @@ def check_label_smoothing(label_smoothing, op: str) -> float:
   return value
 
 
+def _real(value, name, op, what):
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{op}: {name} must be {what}; got {value!r} of type {type(value).__name__}.")
+  return float(value)
+
+
+def check_z_loss(z_loss, op: str) -> float:
+  """The z-loss coefficient ``s``: a finite float >= 0 (0 turns it off)."""
+  value = _real(z_loss, "z_loss", op, "a float >= 0 (the coefficient of lse^2)")
+  if not (math.isfinite(value) and value >= 0.0):
+    raise ArgumentError(f"{op}: z_loss must be a finite float >= 0 (PaLM uses 1e-4); got "
+                        f"z_loss={value!r}.")
+  return value
+
+
+def check_softcap(cap, op: str) -> float | None:
+  """The logit soft-cap ``c``: None (off) or a finite float > 0."""
+  if cap is None:
+    return None
+  value = _real(cap, "logit_softcap", op, "None or a float > 0 (Gemma-2 uses 30.0)")
+  if not (math.isfinite(value) and value > 0.0):
+    raise ArgumentError(f"{op}: logit_softcap must be None or a finite float > 0 (the logits "
+                        f"become c * tanh(logits / c)); got logit_softcap={value!r}.")
+  return value
+
+
+def check_flags(op: str, **flags) -> None:
+  """``return_*`` switches must be bools (a truthy array or string is a mistake, not a yes)."""
+  for name, value in flags.items():
+    if not isinstance(value, bool):
+      raise TypeError(f"{op}: {name} must be True or False; got {value!r} of type "
+                      f"{type(value).__name__}.")
+
+
 def check_weight(weight, num_classes: int, op: str):
   """A per-class rescaling weight: floating, shape ``[num_classes]``."""
   if weight is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
-           "batch_sum", "varying", "reduce_like", "vary_like", "reduce_rows", "untyped",
+           "batch_sum", "varying", "reduce_like", "vary_like", "reduce_rows", "Reduced", "untyped",
            "block_labels", "check_axes", "entry_names", "explicit_layout", "laid_out",
            "run_on_mesh", "class_mask", "check_num_classes", "auto_mesh", "spec_of"]
 
@@ -231,17 +232,41 @@ def vary_like(a, *arrays):
   return lax.pcast(a, tuple(sorted(axes)), to="varying") if axes else a
 
 
-def reduce_rows(losses, denominator, reduction: str, batch: Names):
-  """``(loss, denominator)``: per-row losses reduced over this shard's rows and then over the batch
-  axes, in one all-reduce of ``[sum, denominator]`` for ``"mean"``; ``"none"`` stays local."""
+class Reduced(NamedTuple):
+  """A sharded loss reduced: ``out`` (with the z-loss), the global ``denominator``, the loss without
+  the z-loss ``ce`` and the global count of kept rows ``count`` (None without a z-loss)."""
+
+  out: jax.Array
+  denominator: jax.Array
+  ce: jax.Array
+  count: jax.Array | None
+
+
+def reduce_rows(losses, denominator, reduction: str, batch: Names, z=None, kept=None) -> Reduced:
+  """Per-row losses (and z-losses ``z`` over the ``kept`` rows) reduced over this shard's rows and
+  then over the batch axes, in one all-reduce of ``[sum, denominator(, z sum, kept count)]`` for
+  ``"mean"``; ``"none"`` stays local. See :func:`jaxsoftmax._src.xent.reduce_with_z`."""
+  count = None
+  if z is not None:
+    count = jnp.sum(kept.astype(losses.dtype))
   if reduction == "none":
-    return losses, denominator
+    return Reduced(losses if z is None else losses + z, denominator, losses, count)
   # The barrier keeps the per-row losses finished before the sum (see xent.reduce).
   total = jnp.sum(lax.optimization_barrier(losses))
   if reduction == "sum":
-    return batch_sum(total, batch), denominator
-  both = batch_sum(jnp.stack([total, jnp.asarray(denominator, total.dtype)]), batch)
-  return both[0] / both[1], both[1]
+    if z is None:
+      out = batch_sum(total, batch)
+      return Reduced(out, denominator, out, count)
+    both = batch_sum(jnp.stack([total, jnp.sum(lax.optimization_barrier(z))]), batch)
+    return Reduced(both[0] + both[1], denominator, both[0], count)
+  parts = [total, jnp.asarray(denominator, total.dtype)]
+  if z is not None:
+    parts += [jnp.sum(lax.optimization_barrier(z)), count]
+  both = batch_sum(jnp.stack(parts), batch)
+  ce = both[0] / both[1]
+  if z is None:
+    return Reduced(ce, both[1], ce, None)
+  return Reduced(ce + both[2] / both[3], both[1], ce, both[3])
 
 
 def block_labels(labels, names: Names, block: int):
@@ -289,7 +314,8 @@ def laid_out(a, spec):
 
 
 def run_on_mesh(fn, mesh, args, specs, out_spec):
-  """``fn(*args)`` inside a shard_map over ``mesh``; None arguments pass through untouched."""
+  """``fn(*args)`` inside a shard_map over ``mesh``; None arguments pass through untouched.
+  ``out_spec``: the entries of one output's PartitionSpec, or a pytree of ``PartitionSpec``."""
   present = [i for i, a in enumerate(args) if a is not None]
 
   def body(*given):
@@ -300,7 +326,7 @@ def run_on_mesh(fn, mesh, args, specs, out_spec):
 
   placed = [laid_out(args[i], specs[i]) for i in present]
   return jax.shard_map(body, mesh=mesh, in_specs=tuple(P(*specs[i]) for i in present),
-                       out_specs=P(*out_spec))(*placed)
+                       out_specs=P(*out_spec) if type(out_spec) is tuple else out_spec)(*placed)
 
 
 def auto_mesh(x):

@@ -39,9 +39,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
-from jaxsoftmax._src.losses import LossOptions, ce_row_kernel
+from jaxsoftmax._src.losses import LossOptions, aux_specs, ce_row_kernel, loss_aux
 
-__all__ = ["linear_cross_entropy", "default_chunk_size", "ArgNames", "validated_call"]
+__all__ = ["linear_cross_entropy", "default_chunk_size", "ArgNames", "validated_call", "LossAux"]
+
+LossAux = xent.LossAux
 
 # One chunk's float32 logits. Larger chunks keep the matmuls efficient (measurements:
 # benchmarks/NOTES.md), while XLA's temporary memory grows by one logits row per chunk row.
@@ -77,6 +79,8 @@ class _Static:
   chunk_size: int
   vocab_first: bool
   backend: dispatch.Backend
+  filter_eps: float | None = None
+  accumulation: str = "compute"
 
 
 def _mm(a, b, dims):
@@ -100,17 +104,30 @@ def _logits(x_chunk, w, b, vocab_first):
 
 class _ChunkTerms(NamedTuple):
   """What the chunk step needs beside the chunk's logits ``z``: labels, per-row ``w_y`` (0 if
-  ignored or padding, NaN if out of range), kept mask, row cotangents (None: no gradient), and the
-  row statistics ``(m, log_s)`` of an earlier pass (None: compute them)."""
+  ignored or padding, NaN if out of range), kept mask, row cotangents (None: no gradient), the
+  row statistics ``(m, log_s)`` of an earlier pass (None: compute them), and the lse terms: the
+  z-loss's row cotangents ``z_g`` and a cotangent ``lse_g`` on the returned lse (None: absent)."""
 
   labels: jax.Array
   w_y: jax.Array
   kept: jax.Array
   row_g: jax.Array | None
   stats: tuple[jax.Array, jax.Array] | None
+  z_g: jax.Array | None = None
+  lse_g: jax.Array | None = None
 
 
-def _xla_chunk_step(z, t, weight, eps, total_w):
+def _lse_extra(t, lse, z_loss):
+  """The coefficient of ``p`` that the z-loss and an lse cotangent add (xent.lse_coefficient)."""
+  extra = None
+  if t.z_g is not None and z_loss:
+    extra = jnp.where(t.kept, (2.0 * z_loss) * lse * t.z_g, 0.0)
+  if t.lse_g is not None:
+    extra = t.lse_g if extra is None else extra + t.lse_g
+  return extra
+
+
+def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   """``(losses, m, log_s, dz | None)`` of one chunk, in XLA."""
   v = z.shape[1]
   if t.stats is None:
@@ -128,20 +145,31 @@ def _xla_chunk_step(z, t, weight, eps, total_w):
   if t.row_g is None:
     return losses, m, log_s, None
   alpha, beta, gamma = xent.smoothing_coefficients(t.row_g, t.w_y, total_w, eps, v)
+  extra = _lse_extra(t, m + log_s, z_loss)
+  alpha = alpha if extra is None else alpha + extra
   dz = alpha[:, None] * jnp.exp(z - (m + log_s)[:, None])
   if eps > 0.0:
     dz = dz - beta[:, None] * (1.0 if weight is None else weight.astype(z.dtype)[None, :])
   return losses, m, log_s, xent.scatter_add(dz, t.labels, -gamma, v, 1)
 
 
-def _kernel_chunk_step(z, t, weight, eps, total_w, *, interpret):
+def _kernel_chunk_step(z, t, weight, eps, total_w, z_loss=0.0, *, interpret):
   """As :func:`_xla_chunk_step`, through cross_entropy's row kernel: statistics, losses and
-  d loss / d z in one read of the chunk's logits when a row fits on chip."""
+  d loss / d z in one read of the chunk's logits when a row fits on chip (two with a z-loss, whose
+  coefficient needs the row's lse first)."""
   stats = () if t.stats is None else (t.stats[0][:, None], jnp.exp(t.stats[1])[:, None])
   row_g = jnp.zeros_like(t.w_y) if t.row_g is None else t.row_g
+  needs_lse = t.row_g is not None and (t.lse_g is not None or (t.z_g is not None and z_loss))
+  if needs_lse and not stats:
+    m, s = ce_row_kernel(z, t.labels, weight, row_g, t.w_y, total_w, eps, interpret=interpret,
+                         grad=False)[:2]
+    stats = (m, s)
+  extra = None
+  if needs_lse:
+    extra = _lse_extra(t, stats[0][:, 0] + jnp.log(stats[1][:, 0]), z_loss)
   m, s, z_y, smooth_sum, dz = ce_row_kernel(z, t.labels, weight, row_g, t.w_y, total_w, eps,
                                             stats, interpret=interpret,
-                                            grad=t.row_g is not None)
+                                            grad=t.row_g is not None, extra_alpha=extra)
   log_s = jnp.log(s[:, 0])
   losses = xent.losses_from_stats(m[:, 0], log_s, z_y[:, 0], smooth_sum[:, 0], t.w_y, t.kept,
                                   total_w, eps, z.shape[1])
@@ -161,12 +189,68 @@ def _chunk_dweight(z, m, log_s, t, eps):
   return dw
 
 
-def _scan(x, w, b, labels, weight, static, *, row_scale=None, stats=None):
+_FILTER_BLOCK = 1024  # vocabulary columns per block that filter_eps may skip (measured: README)
+
+
+def _capped(z, cap):
+  """``(c tanh(z / c), d/dz)`` for float32 chunk logits (``(z, None)`` without a cap)."""
+  if cap is None:
+    return z, None
+  t = jnp.tanh(z / cap)
+  return cap * t, 1.0 - jnp.square(t)
+
+
+def _accumulator_dtype(static, ct):
+  """The dtype of the cross-chunk gradient sums: float32 (the compute dtype) unless the caller
+  asked for the inputs' own (torch's ``acc_dtype`` equal to the input dtype)."""
+  return ct if static.accumulation == "compute" else jnp.dtype(static.accumulation)
+
+
+def _chunk_grads(dz, r, x_ct, w_ct, dw, static):
+  """``(dz w^T, dw + x^T dz)`` for one chunk, in the compute dtype (``dw`` keeps its own).
+
+  With ``static.filter_eps``: the vocabulary is walked in blocks of ``_FILTER_BLOCK`` columns and
+  a block whose every ``|dz_{n,c}| <= eps |r_n|`` (``r_n`` the row's loss cotangent, so the test
+  reads ``|softmax - onehot|``) skips both of its matmuls (Cut Cross-Entropy's filtering). The last
+  block is shifted back to end at V, its columns already seen masked out.
+  """
+  vf = static.vocab_first
+  if static.filter_eps is None:
+    dx = _mm(dz, w_ct, ((1,), (0 if vf else 1,)))
+    part = _mm(dz, x_ct, ((0,), (0,))) if vf else _mm(x_ct, dz, ((0,), (0,)))
+    return dx, dw + part.astype(dw.dtype)
+  c, v = dz.shape
+  block = min(_FILTER_BLOCK, v)
+  v_axis = 0 if vf else 1
+  threshold = static.filter_eps * jnp.abs(r)[:, None]
+
+  def body(i, carry):
+    start = jnp.minimum(i * block, v - block)
+    dz_i = lax.dynamic_slice_in_dim(dz, start, block, 1)
+    dz_i = jnp.where((start + jnp.arange(block))[None, :] >= i * block, dz_i, 0.0)
+
+    def work(carry):
+      dx, dw = carry
+      w_i = lax.dynamic_slice_in_dim(w_ct, start, block, v_axis)
+      dx = dx + _mm(dz_i, w_i, ((1,), (v_axis,)))
+      part = _mm(dz_i, x_ct, ((0,), (0,))) if vf else _mm(x_ct, dz_i, ((0,), (0,)))
+      old = lax.dynamic_slice_in_dim(dw, start, block, v_axis)
+      return dx, lax.dynamic_update_slice_in_dim(dw, old + part.astype(dw.dtype), start, v_axis)
+
+    return lax.cond(jnp.any(jnp.abs(dz_i) > threshold), work, lambda carry: carry, carry)
+
+  dx = jnp.zeros((c, x_ct.shape[1]), dz.dtype)
+  return lax.fori_loop(0, -(-v // block), body, (dx, dw))
+
+
+def _scan(x, w, b, labels, weight, static, *, row_scale=None, stats=None, z_scale=None,
+          lse_g=None):
   """One pass over the chunks.
 
   Returns the gradient sums ``(dw, db, dweight)`` (None without ``row_scale``) and per-row
-  ``losses``, ``m``, ``log_s`` (and ``dx`` with ``row_scale``, per-row d loss / d loss_n).
-  ``stats`` (m, log_s) from an earlier pass skips the max and sum.
+  ``losses`` (cross-entropy only), ``m``, ``log_s``, ``lse``, ``argmax`` (and ``dx`` with
+  ``row_scale``, per-row d loss / d loss_n). ``stats`` (m, log_s) from an earlier pass skips the
+  max and sum; ``z_scale`` are the z-loss's row cotangents and ``lse_g`` a cotangent on the lse.
   """
   n, v = labels.shape[0], w.shape[0 if static.vocab_first else 1]
   eps, chunk = static.loss.label_smoothing, static.chunk_size
@@ -184,36 +268,44 @@ def _scan(x, w, b, labels, weight, static, *, row_scale=None, stats=None):
     seq["stats"] = _chunked(jnp.stack(stats, 1), labels, chunk)
   if want_grad:
     seq["row_scale"] = _chunked(row_scale, labels, chunk)
+    if z_scale is not None:
+      seq["z_scale"] = _chunked(z_scale, labels, chunk)
+    if lse_g is not None:
+      seq["lse_g"] = _chunked(lse_g, labels, chunk)
+  w_ct = w if w.dtype == ct else w.astype(ct)
 
   def body(carry, inputs):
     x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"]
-    z = _logits(x_chunk, w, b, static.vocab_first)
+    z, cap_grad = _capped(_logits(x_chunk, w, b, static.vocab_first), static.loss.softcap)
     w_y, kept = xent.label_weights(chunk_labels, weight, static.loss.ignore_index, v, ct)
     kept = kept & valid
     w_y = jnp.where(valid, w_y, 0.0)
     given = None if stats is None else (inputs["stats"][:, 0], inputs["stats"][:, 1])
     row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
-    terms = _ChunkTerms(chunk_labels, w_y, kept, row_g, given)
-    losses, m, log_s, dz = step(z, terms, weight, eps, total_w)
-    out = {"losses": losses, "m": m, "log_s": log_s}
+    terms = _ChunkTerms(chunk_labels, w_y, kept, row_g, given, inputs.get("z_scale"),
+                        None if "lse_g" not in inputs else jnp.where(valid, inputs["lse_g"], 0.0))
+    losses, m, log_s, dz = step(z, terms, weight, eps, total_w, static.loss.z_loss)
+    out = {"losses": losses, "m": m, "log_s": log_s, "lse": m + log_s,
+           "argmax": jnp.argmax(z, axis=1).astype(jnp.int32)}
     if not want_grad:
       return carry, out
     # Half inputs: the gradient matmuls take dz in float32 (w and the chunk of x upcast). Rounding
     # dz to bfloat16 first was measured up to 100% off on small entries of d input, where the
     # sum over classes cancels; the forward matmul keeps the half operands.
-    w_ct, x_ct = (w, x_chunk) if w.dtype == ct else (w.astype(ct), x_chunk.astype(ct))
-    out["dx"] = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))  # dz w^T, in ct
+    if cap_grad is not None:
+      dz = dz * cap_grad
+    x_ct = x_chunk if x_chunk.dtype == ct else x_chunk.astype(ct)
     dw, db, dweight = carry
-    dw = dw + (_mm(dz, x_ct, ((0,), (0,))) if static.vocab_first
-               else _mm(x_ct, dz, ((0,), (0,))))  # x^T dz
-    db = None if db is None else db + jnp.sum(dz, axis=0)
+    out["dx"], dw = _chunk_grads(dz, row_g, x_ct, w_ct, dw, static)
+    db = None if db is None else db + jnp.sum(dz, axis=0).astype(db.dtype)
     if dweight is not None:
       dweight = dweight + _chunk_dweight(z, m, log_s, terms, eps)
     return (dw, db, dweight), out
 
   init = None
   if want_grad:
-    init = (jnp.zeros(w.shape, ct), None if b is None else jnp.zeros((v,), ct),
+    acc = _accumulator_dtype(static, ct)
+    init = (jnp.zeros(w.shape, acc), None if b is None else jnp.zeros((v,), acc),
             None if weight is None else jnp.zeros((v,), ct))
   carry, out = lax.scan(body, init, seq)
   out = {k: val.reshape((val.shape[0] * val.shape[1],) + val.shape[2:])[:n]
@@ -221,58 +313,71 @@ def _scan(x, w, b, labels, weight, static, *, row_scale=None, stats=None):
   return carry, out
 
 
-def _mean_denominator(labels, weight, static, v, ct):
-  """cross_entropy's divisor for ``reduction="mean"`` (N, or the kept rows' summed weights)."""
-  ignore_index = static.loss.ignore_index
-  return xent.denominator(xent.label_weights(labels, weight, ignore_index, v, ct)[0], weight,
-                          ignore_index)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _lce(x, w, b, labels, weight, static):
-  _, out = _scan(x, w, b, labels, weight, static)
-  v = w.shape[0 if static.vocab_first else 1]
-  denominator = _mean_denominator(labels, weight, static, v, checks.compute_dtype(x.dtype))
-  return xent.reduce(out["losses"], denominator, static.loss.reduction).astype(x.dtype)
+  """``(loss, (lse, argmax))``; the loss includes the z-loss."""
+  return _lce_fwd(x, w, b, labels, weight, static)[0]
 
 
 def _lce_fwd(x, w, b, labels, weight, static):
   v = w.shape[0 if static.vocab_first else 1]
   ct = checks.compute_dtype(x.dtype)
-  reduction = static.loss.reduction
-  denominator = _mean_denominator(labels, weight, static, v, ct)
+  reduction, z_loss = static.loss.reduction, static.loss.z_loss
+  w_y, kept = xent.label_weights(labels, weight, static.loss.ignore_index, v, ct)
+  denominator = xent.denominator(w_y, weight, static.loss.ignore_index)
+  count = jnp.sum(kept.astype(ct))
   if reduction == "none":  # per-row cotangents: the backward recomputes from (m, log_s)
-    _, out = _scan(x, w, b, labels, weight, static)
-    loss = out["losses"].astype(x.dtype)
-    return loss, (x, w, b, labels, weight, out["m"], out["log_s"], denominator, loss)
-  scale = jnp.full(labels.shape, 1.0, ct) if reduction == "sum" else jnp.full(
-      labels.shape, 1.0 / denominator, ct)
-  grads, out = _scan(x, w, b, labels, weight, static, row_scale=scale)
-  loss = xent.reduce(out["losses"], denominator, reduction).astype(x.dtype)
-  return loss, (out["dx"], grads, labels, weight, denominator, loss)
+    grads, out = None, _scan(x, w, b, labels, weight, static)[1]
+  else:  # the gradient for a unit cotangent, formed in this pass; the backward scales it
+    scale = jnp.full(labels.shape, 1.0 if reduction == "sum" else 1.0 / denominator, ct)
+    z_scale = None
+    if z_loss:
+      z_scale = jnp.full(labels.shape, 1.0 if reduction == "sum" else 1.0 / count, ct)
+    grads, out = _scan(x, w, b, labels, weight, static, row_scale=scale, z_scale=z_scale)
+  lse = out["lse"]
+  loss = xent.reduce_with_z(out["losses"], xent.z_rows(lse, kept, z_loss), denominator, count,
+                            reduction).astype(x.dtype)
+  ce = xent.reduce(out["losses"], denominator, reduction).astype(x.dtype)
+  res = (x, w, b, labels, weight, out["m"], out["log_s"], denominator, ce, count,
+         out.get("dx"), grads)
+  return (loss, (lse, out["argmax"])), res
 
 
 def _lce_bwd(static, res, g):
+  x, w, b, labels, weight, m, log_s, denominator, ce, count, dx, grads = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  ct = m.dtype
   if static.loss.reduction == "none":
-    x, w, b, labels, weight, m, log_s, denominator, loss = res
-    (dw, db, dweight), out = _scan(x, w, b, labels, weight, static, row_scale=g.astype(m.dtype),
-                                   stats=(m, log_s))
+    g_rows = g.astype(ct)
+    (dw, db, dweight), out = _scan(x, w, b, labels, weight, static, row_scale=g_rows,
+                                   stats=(m, log_s),
+                                   z_scale=g_rows if static.loss.z_loss else None, lse_g=g_lse)
     dweight = None if weight is None else dweight.astype(weight.dtype)
     return (out["dx"].astype(x.dtype), dw.astype(w.dtype),
             None if b is None else db.astype(b.dtype), None, dweight)
-  dx, (dw, db, dweight), labels, weight, denominator, loss = res
+  dw, db, dweight = grads
   dtype = g.dtype  # x, w and bias share the loss's dtype
-  g_ct = g.astype(dw.dtype)  # the compute dtype
+  g_ct = g.astype(ct)
+  dx, dw = g_ct * dx, g_ct * dw.astype(ct)
+  db = None if db is None else g_ct * db.astype(ct)
+  if g_lse is not None:  # a cotangent on the returned lse: its gradient g_n p_n needs a pass
+    lse_only = dataclasses.replace(static, loss=dataclasses.replace(
+        static.loss, label_smoothing=0.0, z_loss=0.0))
+    (dw_l, db_l, _), out = _scan(x, w, b, labels, None, lse_only,
+                                 row_scale=jnp.zeros(labels.shape, ct), stats=(m, log_s),
+                                 lse_g=g_lse.astype(ct))
+    dx, dw = dx + out["dx"], dw + dw_l.astype(ct)
+    db = None if db is None else db + db_l.astype(ct)
   if dweight is not None:
     kept = xent.label_weights(labels, weight, static.loss.ignore_index, dweight.shape[0],
                               dweight.dtype)[1]
-    dweight = xent.finish_class_weight_grad(g_ct * dweight, g_ct, loss, denominator, labels, kept,
+    dweight = xent.finish_class_weight_grad(g_ct * dweight, g_ct, ce, denominator, labels, kept,
                                             static.loss.reduction, weight.dtype)
-  return ((g_ct * dx).astype(dtype), (g_ct * dw).astype(dtype),
-          None if db is None else (g_ct * db).astype(dtype), None, dweight)
+  return (dx.astype(dtype), dw.astype(dtype), None if db is None else db.astype(dtype), None,
+          dweight)
 
 
-_lce.defvjp(_lce_fwd, _lce_bwd)
+xent.defvjp(_lce, _lce_fwd, _lce_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,8 +399,10 @@ class _ShardedStats(NamedTuple):
   total_w: jax.Array
 
 
-def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given):
-  """``(losses, stats, dz | None)`` of one chunk of block logits ``z`` [rows, V / P]."""
+def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given, lse_terms=None,
+                        z_loss=0.0, want_argmax=False):
+  """``(losses, stats, dz | None, dweight | None, argmax | None)`` of one chunk of block logits
+  ``z`` [rows, V / P]; ``lse_terms``: the z-loss's row cotangents and the lse's (either None)."""
   block, names = z.shape[1], axes.classes
   num_classes = axes.num_classes(block)
   mask = axes.class_mask(block)
@@ -318,8 +425,14 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given)
         shifted = jnp.where(mask[None, :], shifted, 0.0)
       columns.append(jnp.sum(shifted, 1) if w_loc is None else shifted @ w_loc)
       columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
+    if want_argmax:
+      columns.append((jnp.argmax(z, axis=1) + collectives.index(names) * block).astype(z.dtype))
     stats = collectives.gather_stats(columns, names)
     big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
+    argmax = None
+    if want_argmax:
+      first = jnp.argmax(stats[:, 0] == big[None], axis=0)  # ties: the first class, as torch
+      argmax = jnp.take_along_axis(stats[:, -1], first[None], axis=0)[0].astype(jnp.int32)
     log_s = jnp.log(total)
     in_range = (labels >= 0) & (labels < num_classes)
     w_y = jnp.where(kept, jnp.where(in_range, jnp.sum(stats[:, 3], 0), jnp.nan), 0.0)
@@ -333,11 +446,15 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given)
     losses = xent.losses_from_stats(big, log_s, z_y, smooth, w_y, kept, total_w, eps, num_classes)
     saved = _ShardedStats(big, log_s, w_y, total_w)
   else:
-    losses, saved = None, given
+    losses, saved, argmax = None, given, None
   if row_g is None:
-    return losses, saved, None, None
+    return losses, saved, None, None, argmax
   big, log_s, w_y, total_w = saved
   alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
+  if lse_terms is not None:
+    extra = _lse_extra(_ChunkTerms(labels, w_y, kept, row_g, None, *lse_terms), big + log_s,
+                       z_loss)
+    alpha = alpha if extra is None else alpha + extra
   dz = alpha[:, None] * jnp.exp(z - (big + log_s)[:, None])
   if eps > 0.0:
     dz = dz - beta[:, None] * (1.0 if w_loc is None else w_loc[None, :])
@@ -357,11 +474,11 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given)
       if mask is not None:  # the row sum reaches every real class, no padding class
         smoothing = jnp.where(mask, smoothing, 0.0)
       dweight = dweight + (eps / num_classes) * smoothing
-  return losses, saved, dz, dweight
+  return losses, saved, dz, dweight, argmax
 
 
 def _sharded_scan(x, w, b, labels, weight, static, axes, *, row_scale=None, given=None,
-                  sequence=False):
+                  sequence=False, z_scale=None, lse_g=None):
   """One pass over the row chunks of this shard; as :func:`_scan`, on block logits.
 
   ``sequence``: the rows are split over the class axes too (sequence parallelism). Each chunk of
@@ -379,6 +496,11 @@ def _sharded_scan(x, w, b, labels, weight, static, axes, *, row_scale=None, give
     seq["given"] = _ShardedStats(*(_chunked(a, labels, chunk) for a in given))
   if want_grad:
     seq["row_scale"] = _chunked(row_scale, labels, chunk)
+    if z_scale is not None:
+      seq["z_scale"] = _chunked(z_scale, labels, chunk)
+    if lse_g is not None:
+      seq["lse_g"] = _chunked(lse_g, labels, chunk)
+  w_ct = w if w.dtype == ct else w.astype(ct)
 
   def rows_of_all(a):  # this chunk's rows from every class shard, in shard order
     return lax.all_gather(a, names, axis=0, tiled=True) if sequence else a
@@ -391,34 +513,43 @@ def _sharded_scan(x, w, b, labels, weight, static, axes, *, row_scale=None, give
   def body(carry, inputs):
     inputs = jax.tree.map(rows_of_all, inputs)
     x_chunk, chunk_labels, valid = inputs["x"], inputs["labels"], inputs["valid"] > 0
-    z = _logits(x_chunk, w, b, static.vocab_first)
+    z, cap_grad = _capped(_logits(x_chunk, w, b, static.vocab_first), static.loss.softcap)
     kept = valid if static.loss.ignore_index is None else valid & (
         chunk_labels != static.loss.ignore_index)
     row_g = jnp.where(kept, inputs["row_scale"], 0.0) if want_grad else None
-    losses, saved, dz, dweight_chunk = _sharded_chunk_step(
-        z, chunk_labels, kept, valid, row_g, weight, eps, axes, inputs.get("given"))
+    lse_terms = None
+    if want_grad and ("z_scale" in inputs or "lse_g" in inputs):
+      lse_terms = (inputs.get("z_scale"),
+                   None if "lse_g" not in inputs else jnp.where(valid, inputs["lse_g"], 0.0))
+    losses, saved, dz, dweight_chunk, argmax = _sharded_chunk_step(
+        z, chunk_labels, kept, valid, row_g, weight, eps, axes, inputs.get("given"), lse_terms,
+        static.loss.z_loss, static.loss.argmax)
     out = {k: own_rows(v) for k, v in saved._asdict().items()}
     if losses is not None:
       out["losses"] = own_rows(losses)
+    if argmax is not None:
+      out["argmax"] = own_rows(argmax)
     if not want_grad:
       return carry, out
-    w_ct, x_ct = (w, x_chunk) if w.dtype == ct else (w.astype(ct), x_chunk.astype(ct))
-    dx = _mm(dz, w_ct, ((1,), (0 if static.vocab_first else 1,)))
-    out["dx"] = lax.psum_scatter(dx, names, scatter_dimension=0, tiled=True) if sequence else dx
+    if cap_grad is not None:
+      dz = dz * cap_grad
+    x_ct = x_chunk if x_chunk.dtype == ct else x_chunk.astype(ct)
     dw, db, dweight = carry
-    dw = dw + (_mm(dz, x_ct, ((0,), (0,))) if static.vocab_first
-               else _mm(x_ct, dz, ((0,), (0,))))
-    db = None if db is None else db + jnp.sum(dz, axis=0)
+    dx, dw = _chunk_grads(dz, row_g, x_ct, w_ct, dw, static)
+    out["dx"] = lax.psum_scatter(dx, names, scatter_dimension=0, tiled=True) if sequence else dx
+    db = None if db is None else db + jnp.sum(dz, axis=0).astype(db.dtype)
     dweight = None if dweight is None else dweight + dweight_chunk
     return (dw, db, dweight), out
 
   init = None
   if want_grad:
     block = w.shape[0 if static.vocab_first else 1]
-    def zeros(shape):
-      return collectives.vary_like(jnp.zeros(shape, ct), x, w, labels, b, weight)
+    acc = _accumulator_dtype(static, ct)
+
+    def zeros(shape, dtype=acc):
+      return collectives.vary_like(jnp.zeros(shape, dtype), x, w, labels, b, weight)
     init = (zeros(w.shape), None if b is None else zeros((block,)),
-            None if weight is None else zeros((block,)))
+            None if weight is None else zeros((block,), ct))
   carry, out = lax.scan(body, init, seq)
   out = {k: val.reshape((val.shape[0] * val.shape[1],) + val.shape[2:])[:n]
          for k, val in out.items()}
@@ -432,58 +563,92 @@ def _sequence(axes) -> bool:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _lce_sharded(x, w, b, labels, weight, static, axes, like):
+  """``(loss, (lse, argmax))`` of this shard's rows; the loss includes the z-loss."""
   return _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)[0]
+
+
+def _fused_sharded(static, weight) -> bool:
+  """Whether the forward forms the gradient: not for "none" (a cotangent per row), nor for a
+  class-weighted mean with a z-loss, whose two global divisors (the kept rows' weight and their
+  number) are known only after the pass, so the backward recomputes."""
+  reduction = static.loss.reduction
+  return reduction != "none" and not (static.loss.z_loss and reduction == "mean"
+                                      and weight is not None)
 
 
 def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
   ct = checks.compute_dtype(x.dtype)
-  reduction = static.loss.reduction
-  want_grad = reduction != "none"
+  reduction, z_loss = static.loss.reduction, static.loss.z_loss
+  fused = _fused_sharded(static, weight)
+  ones = jnp.ones(labels.shape, ct)
   grads, out = _sharded_scan(x, w, b, labels, weight, static, axes,
-                             row_scale=jnp.ones(labels.shape, ct) if want_grad else None,
+                             row_scale=ones if fused else None,
+                             z_scale=ones if fused and z_loss else None,
                              sequence=_sequence(axes))
   w_y = out["w_y"]
-  denominator = xent.denominator(w_y, weight, static.loss.ignore_index)
-  loss, denominator = collectives.reduce_rows(out["losses"], denominator, reduction, axes.batch)
-  loss = loss.astype(x.dtype)
+  kept = jnp.ones(labels.shape, bool) if static.loss.ignore_index is None else (
+      labels != static.loss.ignore_index)
+  lse = out["m"] + out["log_s"]
+  red = collectives.reduce_rows(out["losses"], xent.denominator(w_y, weight,
+                                                                static.loss.ignore_index),
+                                reduction, axes.batch, xent.z_rows(lse, kept, z_loss), kept)
   stats = _ShardedStats(out["m"], out["log_s"], w_y, out["total_w"])
-  if not want_grad:  # per-row cotangents: the backward recomputes from the combined statistics
-    return loss, (x, w, b, labels, weight, stats, None, None, denominator, loss)
-  scale = 1.0 if reduction == "sum" else 1.0 / denominator
-  return loss, (None, None, None, labels, weight, stats, out["dx"], grads, denominator, loss,
-                scale)
+  # mean: the unit row scale of the pass becomes 1 / denominator (and 1 / count for the z-loss,
+  # equal to it without class weights) here.
+  scale = 1.0 if reduction == "sum" else 1.0 / red.denominator
+  res = (x, w, b, labels, weight, stats, out.get("dx"), grads, red.denominator,
+         red.ce.astype(x.dtype), scale, red.count)
+  return (red.out.astype(x.dtype), (lse, out.get("argmax"))), res
+
+
+def _finish_sharded_dweight(dweight, g, ce, denominator, labels, weight, static, axes):
+  """The mean's denominator term of d loss / d weight on this shard's block."""
+  block = dweight.shape[0]
+  if _sequence(axes):  # dweight holds every row of the class group: count them all
+    labels = lax.all_gather(labels, axes.classes, axis=0, tiled=True)
+  local, owns = collectives.block_labels(labels, axes.classes, block)
+  kept = owns if static.loss.ignore_index is None else owns & (labels != static.loss.ignore_index)
+  return xent.finish_class_weight_grad(dweight, g, ce, denominator, local, kept,
+                                       static.loss.reduction, weight.dtype)
 
 
 def _lce_sharded_bwd(static, axes, like, res, g):
-  if static.loss.reduction == "none":
-    x, w, b, labels, weight, stats, _, _, denominator, loss = res
-    (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes,
-                                           row_scale=g.astype(stats.m.dtype), given=stats,
-                                           sequence=_sequence(axes))
-    grads = [out["dx"].astype(x.dtype), dw.astype(w.dtype),
-             None if b is None else db.astype(b.dtype),
-             None if dweight is None else dweight.astype(weight.dtype)]
-  else:
-    _, _, _, labels, weight, stats, dx, (dw, db, dweight), denominator, loss, scale = res
-    dtype = g.dtype
-    gs = g.astype(dw.dtype) * scale
+  x, w, b, labels, weight, stats, dx, grads, denominator, ce, scale, count = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  reduction, ct = static.loss.reduction, stats.m.dtype
+  dtype, g_ct = g.dtype, g.astype(ct)
+  if grads is None:  # recompute with the row cotangents now known
+    row_g = xent.row_cotangent(g_ct, labels.shape, denominator, reduction)
+    z_g = xent.row_cotangent(g_ct, labels.shape, count, reduction) if static.loss.z_loss else None
+    (dw, db, dweight), out = _sharded_scan(x, w, b, labels, weight, static, axes, row_scale=row_g,
+                                           given=stats, sequence=_sequence(axes), z_scale=z_g,
+                                           lse_g=g_lse)
+    dx, dw, db = out["dx"], dw.astype(ct), None if db is None else db.astype(ct)
     if dweight is not None:
-      block = dweight.shape[0]
-      if _sequence(axes):  # dweight holds every row of the class group: count them all
-        labels = lax.all_gather(labels, axes.classes, axis=0, tiled=True)
-      local, owns = collectives.block_labels(labels, axes.classes, block)
-      kept = owns if static.loss.ignore_index is None else owns & (
-          labels != static.loss.ignore_index)
-      dweight = xent.finish_class_weight_grad(gs * dweight, g.astype(dw.dtype), loss,
-                                              denominator, local, kept, static.loss.reduction,
-                                              weight.dtype)
-    grads = [(gs * dx).astype(dtype), (gs * dw).astype(dtype),
-             None if db is None else (gs * db).astype(dtype), dweight]
+      dweight = (_finish_sharded_dweight(dweight, g_ct, ce, denominator, labels, weight, static,
+                                         axes) if reduction == "mean"
+                 else dweight.astype(weight.dtype))
+  else:
+    dw, db, dweight = grads
+    gs = g_ct * scale
+    dx, dw, db = gs * dx, gs * dw.astype(ct), None if db is None else gs * db.astype(ct)
+    if dweight is not None:
+      dweight = _finish_sharded_dweight(gs * dweight, g_ct, ce, denominator, labels, weight,
+                                        static, axes)
+    if g_lse is not None:  # a cotangent on the returned lse: its gradient g_n p_n needs a pass
+      lse_only = dataclasses.replace(static, loss=dataclasses.replace(
+          static.loss, label_smoothing=0.0, z_loss=0.0))
+      (dw_l, db_l, _), out = _sharded_scan(x, w, b, labels, None, lse_only, axes,
+                                           row_scale=jnp.zeros(labels.shape, ct), given=stats,
+                                           sequence=_sequence(axes), lse_g=g_lse.astype(ct))
+      dx, dw = dx + out["dx"], dw + dw_l.astype(ct)
+      db = None if db is None else db + db_l.astype(ct)
+  grads = [dx.astype(dtype), dw.astype(dtype), None if db is None else db.astype(dtype), dweight]
   dx, dw, db, dweight = collectives.reduce_like(grads, [like[0], like[1], like[2], like[4]])
   return dx, dw, db, None, dweight
 
 
-_lce_sharded.defvjp(_lce_sharded_fwd, _lce_sharded_bwd)
+xent.defvjp(_lce_sharded, _lce_sharded_fwd, _lce_sharded_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +677,7 @@ def _auto_fused(static, has_bias, has_weight):
 
   def unpartitioned(*args):
     x, w, b, labels, weight = split(args)
-    loss, vjp = jax.vjp(lambda x, w, b, weight: _lce(x, w, b, labels, weight, static),
+    loss, vjp = jax.vjp(lambda x, w, b, weight: _lce(x, w, b, labels, weight, static)[0],
                         x, w, b, weight)
     dx, dw, db, dweight = vjp(jnp.ones_like(loss))
     return join(loss, dx, dw, db, dweight)
@@ -544,8 +709,9 @@ def _auto_fused(static, has_bias, has_weight):
     def lower_fn(*args):
       x, w, b, labels, weight = split(args)
       with collectives.untyped(rows | cls):
-        loss, res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
-        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res, jnp.ones_like(loss))
+        (loss, _), res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
+        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res,
+                                                  (jnp.ones_like(loss), (None, None)))
       return join(loss, dx, dw, db, dweight)
 
     return mesh, lower_fn, result_shardings, arg_shardings
@@ -616,10 +782,11 @@ def _auto_none(static, has_bias, has_weight):
   def forward_plain(*args):
     x, w, b, labels, weight = split(args)
     _, out = _scan(x, w, b, labels, weight, static)
-    w_y = xent.label_weights(labels, weight, static.loss.ignore_index,
-                             w.shape[0 if static.vocab_first else 1], out["m"].dtype)[0]
-    return (out["losses"].astype(x.dtype), out["m"], out["log_s"], w_y,
-            jnp.zeros_like(out["m"]))
+    w_y, kept = xent.label_weights(labels, weight, static.loss.ignore_index,
+                                   w.shape[0 if static.vocab_first else 1], out["m"].dtype)
+    losses = xent.reduce_with_z(out["losses"], xent.z_rows(out["lse"], kept, static.loss.z_loss),
+                                None, None, "none")
+    return (losses.astype(x.dtype), out["m"], out["log_s"], w_y, jnp.zeros_like(out["m"]))
 
   def backward_plain(*args):
     x, w, b, labels, weight = split(args)
@@ -656,7 +823,7 @@ def _auto_none(static, has_bias, has_weight):
     def lower_fn(*args):
       x, w, b, labels, weight = split(args)
       with collectives.untyped(every):
-        loss, res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
+        (loss, _), res = _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like)
       return (loss,) + tuple(res[5])
 
     return mesh, lower_fn, stats, operands
@@ -668,9 +835,9 @@ def _auto_none(static, has_bias, has_weight):
     def lower_fn(*args):
       x, w, b, labels, weight = split(args)
       saved = _ShardedStats(*args[n_operands:n_operands + 4])
-      res = (x, w, b, labels, weight, saved, None, None, None, None)
+      res = (x, w, b, labels, weight, saved) + (None,) * 6
       with collectives.untyped(every):
-        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res, args[-1])
+        dx, dw, db, _, dweight = _lce_sharded_bwd(static, axes, like, res, (args[-1], (None, None)))
       return grads(dx, dw, db, dweight)
 
     return mesh, lower_fn, results, operands + stats[:4] + stats[:1]
@@ -715,27 +882,32 @@ def _lce_auto_none_bwd(static, res, g):
 _lce_auto_none.defvjp(_lce_auto_none_fwd, _lce_auto_none_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "checked", "axes", "auto"))
+@functools.partial(jax.jit, static_argnames=("static", "checked", "axes", "auto", "outputs"))
 def _linear_cross_entropy(x, w, labels, bias, weight, *, static, checked, axes=collectives.Axes(),
-                          auto=False):
+                          auto=False, outputs=xent.Outputs()):
   if checked:
     checks.check_labels_traced(labels, axes.num_classes(w.shape[0 if static.vocab_first else 1]),
                                static.loss.ignore_index, "linear_cross_entropy")
   batch = labels.shape
-  if auto:
-    rule = _lce_auto_none if static.loss.reduction == "none" else _lce_auto
-    out = rule(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
-               static)
-    return out.reshape(batch) if static.loss.reduction == "none" else out
+  none = static.loss.reduction == "none"
+  x2, labels2 = x.reshape(labels.size, x.shape[-1]), labels.reshape(labels.size)
+  if auto:  # no in-pass outputs here (see linear_cross_entropy)
+    out = (_lce_auto_none if none else _lce_auto)(x2, w, bias, labels2, weight, static)
+    return out.reshape(batch) if none else out
   if axes:
-    x2, labels2 = x.reshape(labels.size, x.shape[-1]), labels.reshape(labels.size)
     like = tuple(None if a is None else collectives.varying(a)
                  for a in (x2, w, bias, labels2, weight))
-    out = _lce_sharded(x2, w, bias, labels2, weight, static, axes, like)
-    return out.reshape(batch) if static.loss.reduction == "none" else out
-  out = _lce(x.reshape(labels.size, x.shape[-1]), w, bias, labels.reshape(labels.size), weight,
-             static)
-  return out.reshape(batch) if static.loss.reduction == "none" else out
+    loss, (lse, argmax) = _lce_sharded(x2, w, bias, labels2, weight, static, axes, like)
+  else:
+    loss, (lse, argmax) = _lce(x2, w, bias, labels2, weight, static)
+  loss = loss.reshape(batch) if none else loss
+  if not outputs:
+    return loss
+  kept = jnp.ones(batch, bool) if static.loss.ignore_index is None else (
+      labels != static.loss.ignore_index)
+  argmax = None if argmax is None else argmax.reshape(batch)
+  return loss, loss_aux(outputs, lse.reshape(batch), argmax, labels, kept,
+                        static.loss.z_loss, static.loss.reduction, axes.batch, x.dtype)
 
 
 def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
@@ -746,7 +918,11 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
                          checked: bool = False, implementation: str | None = None,
                          axis_name: str | tuple[str, ...] | None = None,
                          batch_axis_name: str | tuple[str, ...] | None = None,
-                         num_classes: int | None = None) -> jax.Array:
+                         num_classes: int | None = None, z_loss: float = 0.0,
+                         logit_softcap: float | None = None, return_lse: bool = False,
+                         return_argmax: bool = False, return_accuracy: bool = False,
+                         return_z_loss: bool = False, filter_eps: float | str | None = None,
+                         accumulation_dtype=None) -> jax.Array | tuple[jax.Array, LossAux]:
   r"""``cross_entropy(x @ w + bias, labels, ...)`` without ever forming the (N, V) logits.
 
   .. math:: \ell_n = -\sum_c w^{cls}_c\, t_{n,c} \log\mathrm{softmax}(x_n W + b)_c
@@ -781,9 +957,26 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     num_classes: with ``axis_name``, the true vocabulary size when ``w``'s V axis (with ``bias``
       and ``weight``) was padded at the end to a multiple of the axis size (less than one block):
       padding classes never enter a max, a sum or a gradient (their columns get zero gradient).
+    z_loss: ``s >= 0``: adds ``s lse_n^2`` per kept row, as :func:`jaxsoftmax.cross_entropy`; its
+      gradient joins the one formed in the pass (no extra matmul).
+    logit_softcap: ``c > 0``: each chunk's logits become ``c tanh(z / c)`` (Gemma-2), the gradient
+      through it; the (N, V) logits are still never formed.
+    return_lse, return_argmax, return_accuracy, return_z_loss: also return a :class:`LossAux` of
+      per-row lse (differentiable; a cotangent on it costs the backward one more pass over the
+      chunks), per-row argmax, accuracy over kept rows and the z-loss term, as
+      :func:`jaxsoftmax.cross_entropy`, all from the loss's own pass.
+    filter_eps: the backward skips the ``dx`` and ``dw`` matmuls of each block of 1024 vocabulary
+      columns whose every ``|softmax - onehot|`` is at most ``filter_eps`` (Cut Cross-Entropy's
+      gradient filtering); ``"auto"``: ``finfo(x.dtype).eps / 32``. Default None: exact. It pays
+      when the predictions are peaked (see the README's measurements).
+    accumulation_dtype: the dtype ``dw`` and ``db`` are summed in across chunks: float32 by default
+      (for half inputs too: bfloat16 sums over many chunks lose precision), or ``x``'s own dtype
+      to mirror torch's ``acc_dtype`` equal to the input dtype. ``dx`` is per row, never summed
+      across chunks.
 
   Returns:
-    A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``.
+    A scalar in ``x``'s dtype, or per-row losses of shape ``labels.shape`` for ``"none"``; with any
+    ``return_*``, ``(loss, aux)``.
 
   Raises:
     DTypeError: non-floating ``x``/``w``/``bias``, differing dtypes, or non-integer labels.
@@ -800,11 +993,17 @@ def linear_cross_entropy(x: jax.typing.ArrayLike, w: jax.typing.ArrayLike,
     >>> jaxsoftmax.linear_cross_entropy(x, w, jnp.array([0, 1, 2, 3])).round(4)
     Array(1.6094, dtype=float32)
   """
+  op = "linear_cross_entropy"
+  checks.check_flags(op, return_lse=return_lse, return_argmax=return_argmax,
+                     return_accuracy=return_accuracy, return_z_loss=return_z_loss)
   return validated_call(
-      "linear_cross_entropy", ArgNames("x", "w", "labels", "bias"), x, w, labels, bias=bias,
-      weight=weight, options=LossOptions(ignore_index, label_smoothing, reduction),
+      op, ArgNames("x", "w", "labels", "bias"), x, w, labels, bias=bias,
+      weight=weight, options=LossOptions(ignore_index, label_smoothing, reduction, z_loss,
+                                         logit_softcap),
       chunk_size=chunk_size, vocab_first=False, checked=checked, implementation=implementation,
-      axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes)
+      axis_name=axis_name, batch_axis_name=batch_axis_name, num_classes=num_classes,
+      outputs=xent.Outputs(return_lse, return_argmax, return_accuracy, return_z_loss),
+      filter_eps=filter_eps, accumulation_dtype=accumulation_dtype)
 
 
 class ArgNames(NamedTuple):
@@ -818,7 +1017,9 @@ class ArgNames(NamedTuple):
 
 def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, options: LossOptions,
                    chunk_size, vocab_first: bool, checked: bool = False, implementation=None,
-                   axis_name=None, batch_axis_name=None, num_classes=None):
+                   axis_name=None, batch_axis_name=None, num_classes=None,
+                   outputs: xent.Outputs = xent.Outputs(), filter_eps=None,
+                   accumulation_dtype=None):
   """Validates and runs linear cross-entropy for the core API and torch's mirror (which names the
   arguments its way and passes torch's ``[V, D]`` weight with ``vocab_first=True``)."""
   x = checks.as_float_array(x, names.x, op)
@@ -856,7 +1057,11 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
   weight = checks.check_weight(weight, v, op)
   options = LossOptions(checks.check_ignore_index(options.ignore_index, op),
                         checks.check_label_smoothing(options.label_smoothing, op),
-                        checks.check_reduction(options.reduction, op))
+                        checks.check_reduction(options.reduction, op),
+                        checks.check_z_loss(options.z_loss, op),
+                        checks.check_softcap(options.softcap, op))
+  filter_eps = _check_filter_eps(filter_eps, x.dtype, op)
+  accumulation = _check_accumulation(accumulation_dtype, x.dtype, op)
   axes = collectives.check_axes(collectives.axis_names(axis_name, "axis_name", op),
                                 collectives.axis_names(batch_axis_name, "batch_axis_name", op), op,
                                 sequence_ok=True)
@@ -880,7 +1085,9 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
       collectives.explicit_layout(x), collectives.explicit_layout(w))
   if axes or layouts != (None, None):
     backend = dispatch.Backend.XLA
-  static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend)
+  options = dataclasses.replace(options, argmax=outputs.argmax or outputs.accuracy)
+  static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend, filter_eps,
+                   accumulation)
   if layouts != (None, None):  # under jit over an Explicit mesh: the layout is in the types
     mesh = (layouts[0] or layouts[1])[0]
     x_spec = layouts[0][1] if layouts[0] else (None,) * x.ndim
@@ -898,16 +1105,54 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
 
     def body(x, w, labels, bias, weight):
       return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes,
-                                   checked=False)
+                                   checked=False, outputs=outputs)
 
+    out_spec = row_spec if options.reduction == "none" else ()
     return collectives.run_on_mesh(
         body, mesh, [x, w, labels, bias, weight],
         [x_spec, w_spec, row_spec, (v_entry,), (v_entry,)],
-        row_spec if options.reduction == "none" else ())
+        aux_specs(outputs, out_spec, row_spec))
   # Auto mesh axes: partitioned by our own rule (custom_partitioning) for the fused reductions.
-  auto = (not axes and implementation != "pallas"
+  # In-pass outputs take GSPMD's partitioning of the unsharded op instead (correct, not minimal).
+  auto = (not axes and implementation != "pallas" and not outputs
           and (collectives.auto_mesh(x) is not None or collectives.auto_mesh(w) is not None))
   if auto:
-    static = _Static(options, static.chunk_size, vocab_first, dispatch.Backend.XLA)
+    static = dataclasses.replace(static, backend=dispatch.Backend.XLA)
   return _linear_cross_entropy(x, w, labels, bias, weight, static=static, axes=axes, auto=auto,
-                               checked=bool(checked) and not checks.is_concrete(labels))
+                               checked=bool(checked) and not checks.is_concrete(labels),
+                               outputs=outputs)
+
+
+def _check_filter_eps(filter_eps, dtype, op) -> float | None:
+  """None (exact), ``"auto"`` (``eps(dtype) / 32``, Cut Cross-Entropy's) or a finite float >= 0."""
+  if filter_eps is None:
+    return None
+  if isinstance(filter_eps, str):
+    if filter_eps != "auto":
+      raise ArgumentError(f"{op}: filter_eps must be None, 'auto' or a float >= 0; got "
+                          f"{filter_eps!r}.")
+    return float(jnp.finfo(dtype).eps) / 32.0
+  if isinstance(filter_eps, bool) or not isinstance(filter_eps, (int, float)):
+    raise TypeError(f"{op}: filter_eps must be None, 'auto' or a float >= 0; got {filter_eps!r} "
+                    f"of type {type(filter_eps).__name__}.")
+  value = float(filter_eps)
+  if not (math.isfinite(value) and value >= 0.0):
+    raise ArgumentError(f"{op}: filter_eps must be a finite float >= 0; got {value!r}.")
+  return value
+
+
+def _check_accumulation(accumulation_dtype, dtype, op) -> str:
+  """``"float32"`` (the default) or the name of ``x``'s own half dtype."""
+  if accumulation_dtype is None:
+    return "compute"
+  try:
+    acc = jnp.dtype(getattr(accumulation_dtype, "dtype", accumulation_dtype))
+  except TypeError as e:
+    raise TypeError(f"{op}: accumulation_dtype must be a dtype; got {accumulation_dtype!r}.") from e
+  ct = checks.compute_dtype(dtype)
+  if acc == ct:
+    return "compute"
+  if acc == jnp.dtype(dtype):
+    return str(acc)
+  raise ArgumentError(f"{op}: accumulation_dtype must be float32 (the default) or x's dtype "
+                      f"{jnp.dtype(dtype)}; got {acc}.")

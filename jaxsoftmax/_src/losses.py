@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
-__all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel"]
+__all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,9 @@ class LossOptions:
   ignore_index: int | None = None
   label_smoothing: float = 0.0
   reduction: str = "mean"
+  z_loss: float = 0.0
+  softcap: float | None = None
+  argmax: bool = False  # the sharded rules gather each block's argmax only when it is asked for
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,13 +87,19 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
     losses = (1.0 - eps) * losses + (eps / num_classes) * jnp.sum(neg_lsm, axis=axis)
   losses = jnp.where(kept, losses, 0.0)  # an ignored row adds nothing, even if its logits are inf
   denominator = xent.denominator(w_y, weight, opts.ignore_index)
-  out = xent.reduce(losses, denominator, opts.reduction).astype(x.dtype)
+  lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)
+  count = jnp.sum(kept.astype(ct))
+  ce = xent.reduce(losses, denominator, opts.reduction).astype(x.dtype)
+  out = xent.reduce_with_z(losses, xent.z_rows(lse, kept, opts.z_loss), denominator, count,
+                           opts.reduction).astype(x.dtype)
   keep_x = x if (weight is not None and eps > 0.0) else None
-  return out, (e, total, m, lsm_y, labels, weight, denominator, out, keep_x)
+  rows = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
+  return (out, rows), (e, total, m, lsm_y, labels, weight, denominator, ce, keep_x, lse, count)
 
 
 def _ce_labels_xla_bwd(axis, opts, res, g):
-  e, total, m, lsm_y, labels, weight, denominator, out, x = res
+  e, total, m, lsm_y, labels, weight, denominator, out, x, lse, count = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = e.dtype
   num_classes, eps = e.shape[axis], opts.label_smoothing
   w_y, kept = xent.label_weights(labels, weight, opts.ignore_index, num_classes, ct)
@@ -98,6 +107,8 @@ def _ce_labels_xla_bwd(axis, opts, res, g):
                                              opts.reduction), 0.0)
   alpha, beta, gamma = xent.smoothing_coefficients(
       row_g, w_y, xent.total_weight(weight, num_classes, ct), eps, num_classes)
+  extra = xent.lse_coefficient(g, lse, kept, opts.z_loss, count, opts.reduction, g_lse)
+  alpha = alpha if extra is None else alpha + extra
   # A dense part, then one scattered value per example: no one-hot matrix in memory.
   dx = jnp.expand_dims(alpha, axis) * (e / total)
   if eps > 0.0:
@@ -119,7 +130,7 @@ def _ce_labels_xla_bwd(axis, opts, res, g):
   return dx.astype(g.dtype), None, dweight
 
 
-_ce_labels_xla.defvjp(_ce_labels_xla_fwd, _ce_labels_xla_bwd)
+xent.defvjp(_ce_labels_xla, _ce_labels_xla_fwd, _ce_labels_xla_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,13 +141,16 @@ _ce_labels_xla.defvjp(_ce_labels_xla_fwd, _ce_labels_xla_bwd)
 
 
 def ce_row_kernel(x2, labels, weight, row_g, w_y, total_w, eps, stats=(), *, interpret, grad,
-                  dx_dtype=None):
+                  dx_dtype=None, extra_alpha=None):
   """The cross-entropy row kernel on ``[rows, classes]`` logits, its per-row coefficients formed
-  from the row cotangents ``row_g``; also the chunk step of linear_cross_entropy. Returns
-  ``(m, s, x_y, smooth_sum, dx | None)``, the statistics as ``[rows, 1]``."""
+  from the row cotangents ``row_g`` (plus ``extra_alpha``, the lse terms' coefficient of ``p``);
+  also the chunk step of linear_cross_entropy. Returns ``(m, s, x_y, smooth_sum, dx | None)``, the
+  statistics as ``[rows, 1]``."""
   num_classes = x2.shape[1]
-  coefficients = [c[:, None] for c in xent.smoothing_coefficients(row_g, w_y, total_w, eps,
-                                                                   num_classes)]
+  coefficients = list(xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes))
+  if extra_alpha is not None:
+    coefficients[0] = coefficients[0] + extra_alpha
+  coefficients = [c[:, None] for c in coefficients]
   lab = jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32)[:, None]
   w = None if weight is None else weight.astype(jnp.float32)[None, :]
   return kernels.ce(x2, lab, *coefficients, w, *stats, interpret=interpret, grad=grad,
@@ -150,7 +164,9 @@ def _ce_labels_kernel(x, labels, weight, opts, interpret):
 
 def _ce_labels_kernel_fwd(x, labels, weight, opts, interpret, *, grad=None):
   ct = jnp.float32
-  grad = opts.reduction != "none" if grad is None else grad
+  # With a z-loss the row coefficients need each row's lse before the gradient can be formed, so
+  # the backward forms it from the saved statistics (a second read of the logits), as for "none".
+  grad = (opts.reduction != "none" and not opts.z_loss) if grad is None else grad
   num_classes, eps = x.shape[-1], opts.label_smoothing
   x2 = x.reshape(-1, num_classes)
   flat = labels.reshape(-1)
@@ -169,26 +185,43 @@ def _ce_labels_kernel_fwd(x, labels, weight, opts, interpret, *, grad=None):
   losses = xent.losses_from_stats(m[:, 0], log_s, x_y[:, 0], smooth_sum[:, 0], w_y, kept,
                                   total_w, eps, num_classes)
   lsm_y = (x_y[:, 0] - m[:, 0]) - log_s
-  out = xent.reduce(losses.reshape(labels.shape), denominator, opts.reduction).astype(x.dtype)
-  keep_x = x2 if (weight is not None and eps > 0.0) or dz is None else None
-  return out, (dz, keep_x, m, s, lsm_y, labels, weight, denominator, out)
+  lse = m[:, 0] + log_s
+  count = jnp.sum(kept.astype(ct))
+  ce = xent.reduce(losses.reshape(labels.shape), denominator, opts.reduction).astype(x.dtype)
+  z = xent.z_rows(lse, kept, opts.z_loss)
+  out = xent.reduce_with_z(losses.reshape(labels.shape), None if z is None else z.reshape(
+      labels.shape), denominator, count, opts.reduction).astype(x.dtype)
+  # The logits are kept for the backward of "none", a z-loss, the smoothed weight gradient and a
+  # cotangent on the returned lse; under jit they are dropped when that backward does not read them.
+  rows = (lse.reshape(labels.shape), jnp.argmax(x2, axis=1).astype(jnp.int32).reshape(labels.shape))
+  return (out, rows), (dz, x2, m, s, lsm_y, labels, weight, denominator, ce, lse, count)
 
 
 def _ce_labels_kernel_bwd(opts, interpret, res, g):
-  dz, x2, m, s, lsm_y, labels, weight, denominator, out = res
+  dz, x2, m, s, lsm_y, labels, weight, denominator, out, lse, count = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = jnp.float32
-  num_classes, eps = (dz if dz is not None else x2).shape[1], opts.label_smoothing
+  num_classes, eps = x2.shape[1], opts.label_smoothing
   flat = labels.reshape(-1)
   w_y, kept = xent.label_weights(flat, weight, opts.ignore_index, num_classes, ct)
+  total_w = xent.total_weight(weight, num_classes, ct)
   g32 = g.astype(ct)
+  g_rows = g32.reshape(-1) if opts.reduction == "none" else g32
+  extra = xent.lse_coefficient(g_rows, lse, kept, opts.z_loss, count, opts.reduction,
+                               None if g_lse is None else g_lse.reshape(-1))
   if dz is not None:  # mean / sum: the forward's gradient, scaled
     dx = (g32 * dz.astype(ct)).astype(g.dtype)
-    row_g = jnp.where(kept, xent.row_cotangent(g32, flat.shape, denominator, opts.reduction), 0.0)
-  else:  # none: one cotangent per row, so the gradient is formed now from the saved statistics
-    row_g = jnp.where(kept, g32.reshape(-1), 0.0)
-    dx = ce_row_kernel(x2, flat, weight, row_g, w_y, xent.total_weight(weight, num_classes, ct),
-                       eps, (m, s), interpret=interpret, grad=True)[4]
-  dx = dx.reshape(labels.shape + (num_classes,))
+    row_g = jnp.where(kept, xent.row_cotangent(g_rows, flat.shape, denominator, opts.reduction),
+                      0.0)
+    if extra is not None:  # a cotangent on the lse: its gradient needs a pass of its own
+      dx = dx + ce_row_kernel(x2, flat, weight, jnp.zeros_like(row_g), w_y, total_w, eps, (m, s),
+                              interpret=interpret, grad=True, extra_alpha=extra)[4].astype(g.dtype)
+  else:  # one cotangent per row, or a z-loss: the gradient is formed now from the saved statistics
+    row_g = jnp.where(kept, xent.row_cotangent(g_rows, flat.shape, denominator, opts.reduction),
+                      0.0)
+    dx = ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, (m, s), interpret=interpret,
+                       grad=True, extra_alpha=extra)[4]
+  dx = dx.reshape(labels.shape + (num_classes,)).astype(x2.dtype)
   dweight = None
   if weight is not None:
     dweight = xent.per_class(flat, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
@@ -200,16 +233,16 @@ def _ce_labels_kernel_bwd(opts, interpret, res, g):
   return dx, None, dweight
 
 
-_ce_labels_kernel.defvjp(_ce_labels_kernel_fwd, _ce_labels_kernel_bwd)
+xent.defvjp(_ce_labels_kernel, _ce_labels_kernel_fwd, _ce_labels_kernel_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
 # cross_entropy with class-probability targets.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _ce_probs(x, targets, weight, axis, label_smoothing, reduction):
-  return _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _ce_probs(x, targets, weight, axis, label_smoothing, reduction, z_loss=0.0):
+  return _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss)[0]
 
 
 def _smoothed(targets, label_smoothing, num_classes, ct):
@@ -219,7 +252,7 @@ def _smoothed(targets, label_smoothing, num_classes, ct):
   return t
 
 
-def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
+def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss):
   ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
@@ -230,25 +263,32 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction):
     wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
   losses = jnp.sum(wt * xent.neg_log_softmax(xc, m, total), axis=axis)
-  rows = x.size // num_classes if num_classes else 0
-  out = xent.reduce(losses, jnp.asarray(rows, ct), reduction).astype(x.dtype)
-  return out, (x, targets, weight, m, total)
+  rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
+  lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)
+  z = xent.z_rows(lse, jnp.ones(lse.shape, bool), z_loss)
+  out = xent.reduce_with_z(losses, z, rows, rows, reduction).astype(x.dtype)
+  return (out, (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))), (x, targets, weight, m, total,
+                                                                      lse)
 
 
-def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
-  x, targets, weight, m, total = res
+def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
+  x, targets, weight, m, total, lse = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
-  rows = x.size // num_classes if num_classes else 0
-  row_g = xent.row_cotangent(g.astype(ct), m.shape[:axis] + m.shape[axis + 1:],
-                             jnp.asarray(rows, ct), reduction)
+  rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
+  row_g = xent.row_cotangent(g.astype(ct), lse.shape, rows, reduction)
   row_g = jnp.expand_dims(row_g, axis)
   t = _smoothed(targets, label_smoothing, num_classes, ct)
   w_c = 1.0 if weight is None else xent.weight_along(weight, x.ndim, axis, ct)
   wt = t * w_c
   neg_lsm = xent.neg_log_softmax(xc, m, total)
-  dx = row_g * (jnp.exp(xc - m) / total * jnp.sum(wt, axis=axis, keepdims=True) - wt)
+  p = jnp.exp(xc - m) / total
+  dx = row_g * (p * jnp.sum(wt, axis=axis, keepdims=True) - wt)
+  extra = xent.lse_coefficient(g, lse, jnp.ones(lse.shape, bool), z_loss, rows, reduction, g_lse)
+  if extra is not None:
+    dx = dx + jnp.expand_dims(extra, axis) * p
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
   dweight = None
   if weight is not None:
@@ -257,7 +297,7 @@ def _ce_probs_bwd(axis, label_smoothing, reduction, res, g):
   return dx.astype(x.dtype), dtargets, dweight
 
 
-_ce_probs.defvjp(_ce_probs_fwd, _ce_probs_bwd)
+xent.defvjp(_ce_probs, _ce_probs_fwd, _ce_probs_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +380,20 @@ def _global_probs(e, m, big, total):
   return e * factor[..., None]
 
 
+def _global_argmax(xc, axes):
+  """This block's row argmax as a global class id (for the gather; exact below 2^24 classes)."""
+  block = xc.shape[-1]
+  return jnp.argmax(xc, axis=-1) + collectives.index(axes.classes) * block
+
+
+def _combine_argmax(m_all, arg_all, big):
+  """The global argmax from each block's ``(max, argmax)`` ``[P, rows]``: the first block holding
+  the global max ``big`` (blocks are in class order, so ties resolve to the first class, as
+  ``torch.argmax``)."""
+  first = jnp.argmax(m_all == big[None], axis=0)
+  return jnp.take_along_axis(arg_all, first[None], axis=0)[0].astype(jnp.int32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _ce_labels_sharded(x, labels, weight, opts, axes, like):
   return _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like)[0]
@@ -361,9 +415,12 @@ def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
     shifted = _masked(xc - m_safe[..., None], mask, 0.0)
     columns.append(jnp.sum(shifted, -1) if w_loc is None else shifted @ w_loc)
     columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
+  if opts.argmax:
+    columns.append(_global_argmax(xc, axes))
   stats = collectives.gather_stats([c.astype(ct) for c in columns], axes.classes)
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   z_y, w_y = jnp.sum(stats[:, 2], 0), jnp.sum(stats[:, 3], 0)
+  argmax = _combine_argmax(stats[:, 0], stats[:, -1], big) if opts.argmax else None
   kept = jnp.ones(labels.shape, bool) if opts.ignore_index is None else labels != opts.ignore_index
   in_range = (labels >= 0) & (labels < num_classes)
   w_y = jnp.where(kept, jnp.where(in_range, w_y, jnp.nan), 0.0)
@@ -373,18 +430,22 @@ def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
     smooth = jnp.sum(stats[:, 4] + (m_all - big[None]) * stats[:, 5], 0)
     total_w = jnp.sum(stats[:, 5], 0)
   log_s = jnp.log(total)
+  lse = big + log_s
   losses = xent.losses_from_stats(big, log_s, z_y, smooth, w_y, kept, total_w, eps, num_classes)
-  out, denominator = collectives.reduce_rows(
-      losses, xent.denominator(w_y, weight, opts.ignore_index), opts.reduction, axes.batch)
-  out = out.astype(x.dtype)
+  red = collectives.reduce_rows(losses, xent.denominator(w_y, weight, opts.ignore_index),
+                                opts.reduction, axes.batch, xent.z_rows(lse, kept, opts.z_loss),
+                                kept)
   keep_x = xc if weight is not None and eps > 0.0 else None
   probs = _global_probs(e, m, big, total)
-  return out, (probs, keep_x, big, log_s, z_y, w_y, total_w, kept, local, owns, weight,
-               denominator, out)
+  return (red.out.astype(x.dtype), (lse, argmax)), (
+      probs, keep_x, big, log_s, z_y, w_y, total_w, kept, local, owns, weight, red.denominator,
+      red.ce.astype(x.dtype), lse, red.count)
 
 
 def _ce_labels_sharded_bwd(opts, axes, like, res, g):
-  probs, xc, big, log_s, z_y, w_y, total_w, kept, local, owns, weight, denominator, out = res
+  (probs, xc, big, log_s, z_y, w_y, total_w, kept, local, owns, weight, denominator, out, lse,
+   count) = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = probs.dtype
   block, eps = probs.shape[-1], opts.label_smoothing
   num_classes = axes.num_classes(block)
@@ -392,6 +453,8 @@ def _ce_labels_sharded_bwd(opts, axes, like, res, g):
   row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), kept.shape, denominator,
                                              opts.reduction), 0.0)
   alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
+  extra = xent.lse_coefficient(g, lse, kept, opts.z_loss, count, opts.reduction, g_lse)
+  alpha = alpha if extra is None else alpha + extra
   dx = alpha[..., None] * probs
   if eps > 0.0:
     w_c = _class_weights(weight, mask, ct, dx.ndim)
@@ -412,15 +475,18 @@ def _ce_labels_sharded_bwd(opts, axes, like, res, g):
   return dx, None, dweight
 
 
-_ce_labels_sharded.defvjp(_ce_labels_sharded_fwd, _ce_labels_sharded_bwd)
+xent.defvjp(_ce_labels_sharded, _ce_labels_sharded_fwd, _ce_labels_sharded_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _ce_probs_sharded(x, targets, weight, label_smoothing, reduction, axes, like):
-  return _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _ce_probs_sharded(x, targets, weight, label_smoothing, reduction, axes, like, z_loss=0.0,
+                      argmax=False):
+  return _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like,
+                               z_loss, argmax)[0]
 
 
-def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like):
+def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, like, z_loss,
+                          argmax):
   ct = checks.compute_dtype(x.dtype)
   num_classes = axes.num_classes(x.shape[-1])
   mask = axes.class_mask(x.shape[-1])
@@ -433,19 +499,25 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
   # Per block: T_p = sum_c wt_c and X_p = sum_c wt_c (x_c - m_p); the loss is T log S - X with
   # X = sum_p X_p + (m_p - M) T_p (as torch: a zero target on a -inf logit gives NaN).
   stats = collectives.gather_stats(
-      [m, s, jnp.sum(wt, -1), jnp.sum(wt * _masked(xc - m_safe[..., None], mask, 0.0), -1)],
-      axes.classes)
+      [m, s, jnp.sum(wt, -1), jnp.sum(wt * _masked(xc - m_safe[..., None], mask, 0.0), -1)]
+      + ([_global_argmax(xc, axes).astype(ct)] if argmax else []), axes.classes)
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
   t_sum = jnp.sum(stats[:, 2], 0)
   losses = t_sum * jnp.log(total) - jnp.sum(stats[:, 3] + (m_all - big[None]) * stats[:, 2], 0)
-  out, rows = collectives.reduce_rows(losses, jnp.asarray(losses.size, ct), reduction, axes.batch)
-  return out.astype(x.dtype), (xc, targets, weight, _global_probs(e, m, big, total), big,
-                               jnp.log(total), t_sum, rows)
+  lse = big + jnp.log(total)
+  kept = jnp.ones(lse.shape, bool)
+  red = collectives.reduce_rows(losses, jnp.asarray(losses.size, ct), reduction, axes.batch,
+                                xent.z_rows(lse, kept, z_loss), kept)
+  rows = (lse, _combine_argmax(stats[:, 0], stats[:, 4], big) if argmax else None)
+  return (red.out.astype(x.dtype), rows), (xc, targets, weight, _global_probs(e, m, big, total),
+                                           big, jnp.log(total), t_sum, red.denominator, lse,
+                                           red.count)
 
 
-def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
-  xc, targets, weight, probs, big, log_s, t_sum, rows = res
+def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, z_loss, argmax, res, g):
+  xc, targets, weight, probs, big, log_s, t_sum, rows, lse, count = res
+  g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = xc.dtype
   num_classes = axes.num_classes(xc.shape[-1])
   mask = axes.class_mask(xc.shape[-1])
@@ -455,6 +527,9 @@ def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
   w_c = 1.0 if w_c is None else w_c
   neg_lsm = _masked(log_s[..., None] - (xc - big[..., None]), mask, 0.0)
   dx = row_g * (probs * t_sum[..., None] - t * w_c)
+  extra = xent.lse_coefficient(g, lse, jnp.ones(lse.shape, bool), z_loss, count, reduction, g_lse)
+  if extra is not None:
+    dx = dx + extra[..., None] * probs
   dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
   dweight = None
   if weight is not None:
@@ -462,7 +537,7 @@ def _ce_probs_sharded_bwd(label_smoothing, reduction, axes, like, res, g):
   return tuple(collectives.reduce_like([dx.astype(g.dtype), dtargets, dweight], like))
 
 
-_ce_probs_sharded.defvjp(_ce_probs_sharded_fwd, _ce_probs_sharded_bwd)
+xent.defvjp(_ce_probs_sharded, _ce_probs_sharded_fwd, _ce_probs_sharded_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -485,7 +560,7 @@ def _nll_sharded_fwd(log_probs, labels, weight, ignore_index, reduction, axes, l
   w_y = jnp.where(kept, jnp.where(in_range, w_y, jnp.nan), 0.0)
   losses = jnp.where(kept, -w_y * picked, 0.0)
   out, denominator = collectives.reduce_rows(
-      losses, xent.denominator(w_y, weight, ignore_index), reduction, axes.batch)
+      losses, xent.denominator(w_y, weight, ignore_index), reduction, axes.batch)[:2]
   out = out.astype(log_probs.dtype)
   return out, (local, owns, kept, w_y, weight, picked, denominator, out)
 
@@ -522,9 +597,8 @@ def _sharded_loss(kind, x, labels, weight, axis, axes, **options):
   if kind == "labels":
     return _ce_labels_sharded(x, labels, weight, options["opts"], axes, like)
   if kind == "probs":
-    out = _ce_probs_sharded(x, labels, weight, options["label_smoothing"], options["reduction"],
-                            axes, like)
-    return out
+    return _ce_probs_sharded(x, labels, weight, options["label_smoothing"], options["reduction"],
+                             axes, like, options["z_loss"], options["argmax"])
   return _nll_sharded(x, labels, weight, options["ignore_index"], options["reduction"], axes,
                       like + (x.shape[-1],))
 
@@ -550,9 +624,9 @@ def _auto_fused(kind, static, has_weight):
 
   def plain(x, t, weight):
     if kind == "labels":
-      return _ce_labels_xla(x, t, weight, 1, static)
+      return _ce_labels_xla(x, t, weight, 1, static)[0]
     if probs:
-      return _ce_probs(x, t, weight, 1, static.label_smoothing, static.reduction)
+      return _ce_probs(x, t, weight, 1, static.label_smoothing, static.reduction)[0]
     return _nll(x, t, weight, 1, static.ignore_index, static.reduction, x.shape[1])
 
   def unpartitioned(*args):
@@ -589,13 +663,15 @@ def _auto_fused(kind, static, has_weight):
       x, t, weight = split(args)
       with collectives.untyped(rows | cls):
         if kind == "labels":
-          loss, res = _ce_labels_sharded_fwd(x, t, weight, static, axes, like)
-          dx, dt, dweight = _ce_labels_sharded_bwd(static, axes, like, res, jnp.ones_like(loss))
+          (loss, _), res = _ce_labels_sharded_fwd(x, t, weight, static, axes, like)
+          dx, dt, dweight = _ce_labels_sharded_bwd(static, axes, like, res,
+                                                   (jnp.ones_like(loss), (None, None)))
         elif probs:
-          loss, res = _ce_probs_sharded_fwd(x, t, weight, static.label_smoothing,
-                                            static.reduction, axes, like)
+          (loss, _), res = _ce_probs_sharded_fwd(x, t, weight, static.label_smoothing,
+                                                 static.reduction, axes, like, 0.0, False)
           dx, dt, dweight = _ce_probs_sharded_bwd(static.label_smoothing, static.reduction, axes,
-                                                  like, res, jnp.ones_like(loss))
+                                                  like, 0.0, False, res,
+                                                  (jnp.ones_like(loss), (None, None)))
         else:
           nll_like = like + (x.shape[1],)
           loss, res = _nll_sharded_fwd(x, t, weight, static.ignore_index, static.reduction,
@@ -686,24 +762,82 @@ def _check_labels(logits, labels, axis, op):
   )
 
 
+def loss_aux(outputs: xent.Outputs, lse, argmax, target, kept, z_loss, reduction,
+             batch=(), dtype=None) -> xent.LossAux:
+  """The in-pass outputs asked for, from a rule's per-row ``lse`` and ``argmax``: accuracy over the
+  ``kept`` rows and the z-loss reduced as the loss, summed over the ``batch`` mesh axes (one
+  all-reduce, only when they are asked for under ``batch_axis_name``)."""
+  accuracy = z = None
+  if outputs.accuracy:
+    hit = (argmax == target) & kept
+    both = collectives.batch_sum(jnp.stack([jnp.sum(hit.astype(jnp.float32)),
+                                            jnp.sum(kept.astype(jnp.float32))]), batch)
+    accuracy = both[0] / both[1]
+  if outputs.z_loss:
+    rows = jnp.where(kept, z_loss * jnp.square(lse), 0.0)
+    if reduction == "none":
+      z = rows
+    elif reduction == "sum":
+      z = collectives.batch_sum(jnp.sum(rows), batch)
+    else:
+      both = collectives.batch_sum(jnp.stack([jnp.sum(rows), jnp.sum(kept.astype(rows.dtype))]),
+                                   batch)
+      z = both[0] / both[1]
+  dtype = lse.dtype if dtype is None else dtype  # the logits' own, as torch.logsumexp's
+  return xent.LossAux(lse.astype(dtype) if outputs.lse else None,
+                      argmax if outputs.argmax else None, accuracy,
+                      None if z is None else z.astype(dtype))
+
+
+def _target_argmax(targets, axis, axes):
+  """The class each probability target puts most mass on (global over class shards)."""
+  if not axes.classes:
+    return jnp.argmax(targets, axis=axis).astype(jnp.int32)
+  t = jnp.moveaxis(targets, axis, -1)
+  t = _masked(t, axes.class_mask(t.shape[-1]))
+  m = jnp.max(t, axis=-1)
+  stats = collectives.gather_stats([m, _global_argmax(t, axes).astype(m.dtype)], axes.classes)
+  return _combine_argmax(stats[:, 0], stats[:, 1], jnp.max(stats[:, 0], axis=0))
+
+
 @functools.partial(jax.jit, static_argnames=("axis", "opts", "indices", "checked", "backend",
-                                             "axes"))
+                                             "axes", "outputs"))
 def _cross_entropy(logits, labels, weight, *, axis, opts, indices, checked, backend,
-                   axes=collectives.Axes()):
+                   axes=collectives.Axes(), outputs=xent.Outputs()):
   if checked:
     checks.check_labels_traced(labels, axes.num_classes(logits.shape[axis]),
                                opts.ignore_index, "cross_entropy")
+  dtype = logits.dtype
+  # Soft-capped half logits stay in float32 (the cap's derivative and the loss see them unrounded;
+  # the gradient is rounded once, at the cast back).
+  logits = xent.softcap(logits, opts.softcap, checks.compute_dtype(dtype))
   if axes and indices:
-    return _sharded_loss("labels", logits, labels, weight, axis, axes, opts=opts)
-  if axes:
-    return _sharded_loss("probs", logits, labels, weight, axis, axes,
-                         label_smoothing=opts.label_smoothing, reduction=opts.reduction)
-  if not indices:
-    return _ce_probs(logits, labels, weight, axis, opts.label_smoothing, opts.reduction)
-  if backend is dispatch.Backend.XLA:
-    return _ce_labels_xla(logits, labels, weight, axis, opts)
-  return _ce_labels_kernel(logits, labels, weight, opts,
-                           backend is dispatch.Backend.PALLAS_INTERPRET)
+    out = _sharded_loss("labels", logits, labels, weight, axis, axes, opts=opts)
+  elif axes:
+    out = _sharded_loss("probs", logits, labels, weight, axis, axes,
+                        label_smoothing=opts.label_smoothing, reduction=opts.reduction,
+                        z_loss=opts.z_loss, argmax=opts.argmax)
+  elif not indices:
+    out = _ce_probs(logits, labels, weight, axis, opts.label_smoothing, opts.reduction,
+                    opts.z_loss)
+  elif backend is dispatch.Backend.XLA:
+    out = _ce_labels_xla(logits, labels, weight, axis, opts)
+  else:
+    out = _ce_labels_kernel(logits, labels, weight, opts,
+                            backend is dispatch.Backend.PALLAS_INTERPRET)
+  loss, (lse, argmax) = out
+  loss = loss.astype(dtype)
+  if not outputs:
+    return loss
+  if indices:
+    target = labels
+    kept = jnp.ones(labels.shape, bool) if opts.ignore_index is None else (
+        labels != opts.ignore_index)
+  else:
+    target = _target_argmax(labels, axis, axes) if outputs.accuracy else None
+    kept = jnp.ones(lse.shape, bool)
+  return loss, loss_aux(outputs, lse, argmax, target, kept, opts.z_loss, opts.reduction,
+                        axes.batch, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "checked",
@@ -721,7 +855,9 @@ def _nll_loss(log_probs, labels, weight, *, axis, ignore_index, reduction, check
 
 @functools.partial(jax.jit, static_argnames=("kind", "static"))
 def _loss_jit(x, t, weight, *, kind, static):
-  return _loss_auto(x, t, weight, kind, static)
+  out = _loss_auto(xent.softcap(x, static.softcap, checks.compute_dtype(x.dtype)), t, weight,
+                   kind, static)
+  return out.astype(x.dtype)
 
 
 def _explicit_axes(spec, axis, reduction):
@@ -731,6 +867,22 @@ def _explicit_axes(spec, axis, reduction):
   axes = collectives.Axes(collectives.entry_names(spec[axis]), batch)
   label_spec = spec[:axis] + spec[axis + 1:]
   return axes, label_spec, label_spec if reduction == "none" else ()
+
+
+def aux_specs(outputs: xent.Outputs, out_spec, row_spec):
+  """shard_map out_specs for ``loss`` or ``(loss, LossAux)`` on an Explicit mesh: per-row outputs
+  follow the rows, accuracy (and a reduced z-loss) are replicated."""
+  if not outputs:
+    return out_spec
+
+  def spec(asked, entries):
+    return P(*entries) if asked else None
+
+  return (P(*out_spec), xent.LossAux(spec(outputs.lse, row_spec), spec(outputs.argmax, row_spec),
+                                     spec(outputs.accuracy, ()), spec(outputs.z_loss, out_spec)))
+
+
+_aux_specs = aux_specs
 
 
 def _sharding_axes(axis_name, batch_axis_name, implementation, op) -> collectives.Axes:
@@ -762,7 +914,10 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
                   checked: bool = False, implementation: str | None = None,
                   axis_name: str | tuple[str, ...] | None = None,
                   batch_axis_name: str | tuple[str, ...] | None = None,
-                  num_classes: int | None = None) -> jax.Array:
+                  num_classes: int | None = None, z_loss: float = 0.0,
+                  logit_softcap: float | None = None, return_lse: bool = False,
+                  return_argmax: bool = False, return_accuracy: bool = False,
+                  return_z_loss: bool = False) -> jax.Array | tuple[jax.Array, xent.LossAux]:
   r"""Cross-entropy between logits and integer labels or class probabilities, as torch computes it.
 
   .. math:: \ell_n = -\sum_c w_c\, t_{n,c} \log\mathrm{softmax}(x_n)_c
@@ -795,10 +950,21 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     num_classes: with ``axis_name``, the true number of classes when the class axis was padded at
       the end to a multiple of the axis size (less than one block of padding): padding classes
       never enter a max, a sum or a gradient, and ``label_smoothing`` spreads over the real ones.
+    z_loss: ``s >= 0``: adds ``s lse_n^2`` (``lse_n = logsumexp`` of row n's logits) for each kept
+      row (PaLM's z-loss), gradient ``2 s lse_n softmax``. Class weights do not scale it, and
+      ``"mean"`` divides its sum by the number of kept rows (the lse does not depend on the label;
+      as Liger-Kernel and levanter): ``F.cross_entropy + s * (lse**2)[kept].mean()``.
+    logit_softcap: ``c > 0``: the logits become ``c tanh(logits / c)`` before anything else
+      (Gemma-2's final soft-cap, ``c = 30``), with the gradient through it.
+    return_lse: also return each row's ``logsumexp`` (differentiable: its gradient is softmax).
+    return_argmax: also return each row's predicted class (the first maximum), int32.
+    return_accuracy: also return the fraction of kept rows whose argmax is the label.
+    return_z_loss: also return the z-loss term inside the loss, reduced as the loss (to log it).
 
   Returns:
     A scalar, or per-example losses of the labels' batch shape when ``reduction="none"``; in the
-    logits' dtype.
+    logits' dtype. With any ``return_*``: ``(loss, aux)``, ``aux`` a :class:`LossAux` whose fields
+    not asked for are None. All of them come from the loss's own pass over the logits.
 
   Raises:
     DTypeError: non-floating logits, or labels that are neither integer nor floating.
@@ -825,6 +991,12 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
       num_classes, logits.shape[axis], axes.classes, op))
   ignore_index = checks.check_ignore_index(ignore_index, op)
   label_smoothing = checks.check_label_smoothing(label_smoothing, op)
+  checks.check_flags(op, return_lse=return_lse, return_argmax=return_argmax,
+                     return_accuracy=return_accuracy, return_z_loss=return_z_loss)
+  outputs = xent.Outputs(return_lse, return_argmax, return_accuracy, return_z_loss)
+  opts = LossOptions(ignore_index, label_smoothing, reduction, checks.check_z_loss(z_loss, op),
+                     checks.check_softcap(logit_softcap, op),
+                     outputs.argmax or outputs.accuracy)
   if indices:
     checks.check_labels_in_range(labels, axes.num_classes(logits.shape[axis]),
                                  ignore_index, op)
@@ -832,34 +1004,31 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     raise ArgumentError(f"{op}: ignore_index={ignore_index} applies to integer labels only, "
                         "not to probability targets.")
   layout = None if axes else collectives.explicit_layout(logits)
-  if layout is None and not axes and _auto_applies(logits, axis, reduction, weight, implementation):
-    return _loss_jit(logits, labels, weight, kind="labels" if indices else "probs",
-                     static=LossOptions(ignore_index, label_smoothing, reduction))
+  if (layout is None and not axes and not outputs and not opts.z_loss
+      and _auto_applies(logits, axis, reduction, weight, implementation)):
+    return _loss_jit(logits, labels, weight, kind="labels" if indices else "probs", static=opts)
   if layout is not None and implementation != "pallas":
     mesh, spec = layout
     axes, label_spec, out_spec = _explicit_axes(spec, axis, reduction)
 
     def body(logits, labels, weight):
-      return _cross_entropy(logits, labels, weight, axis=axis,
-                            opts=LossOptions(ignore_index, label_smoothing, reduction),
-                            indices=indices, backend=dispatch.Backend.XLA, axes=axes,
-                            checked=False)
+      return _cross_entropy(logits, labels, weight, axis=axis, opts=opts, indices=indices,
+                            backend=dispatch.Backend.XLA, axes=axes, checked=False,
+                            outputs=outputs)
 
     return collectives.run_on_mesh(body, mesh, [logits, labels, weight],
                                    [spec, label_spec if indices else spec, (spec[axis],)],
-                                   out_spec)
+                                   _aux_specs(outputs, out_spec, label_spec))
   if axes:
-    return _cross_entropy(logits, labels, weight, axis=axis,
-                          opts=LossOptions(ignore_index, label_smoothing, reduction),
-                          indices=indices, backend=dispatch.Backend.XLA, axes=axes,
+    return _cross_entropy(logits, labels, weight, axis=axis, opts=opts, indices=indices,
+                          backend=dispatch.Backend.XLA, axes=axes, outputs=outputs,
                           checked=bool(checked) and indices and not checks.is_concrete(labels))
   backend = dispatch.resolve(implementation, dispatch.KernelCall(
       op, logits.dtype, last_axis=axis == logits.ndim - 1, rows=labels.size,
       n=logits.shape[axis], empty=logits.size == 0,
       other=None if indices else "takes integer labels only (probability targets use 'xla')"))
-  return _cross_entropy(logits, labels, weight, axis=axis,
-                        opts=LossOptions(ignore_index, label_smoothing, reduction),
-                        indices=indices, backend=backend,
+  return _cross_entropy(logits, labels, weight, axis=axis, opts=opts, indices=indices,
+                        backend=backend, outputs=outputs,
                         checked=bool(checked) and indices and not checks.is_concrete(labels))
 
 

@@ -19,16 +19,29 @@ and with the row statistics ``m = max x``, ``s = sum exp(x - m)`` and the smooth
 
 Labels address the class axis where it is (no transposes); out-of-range labels are clipped for the
 memory access and made NaN through their weight, so under ``jit`` a bad label is loud.
+
+The options large-vocabulary training adds act on the same coefficients. The z-loss ``s lse_n^2``
+(PaLM) and a cotangent ``g_n`` on the returned log-sum-exp both have gradient ``c_n p_n``
+(``d lse / dx = p``), so they only add ``c_n = 2 s lse_n r^z_n + g_n`` to ``alpha_n``; the
+z-loss is counted over kept rows, unweighted, and its mean divides by their number (see
+:func:`reduce_with_z`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 __all__ = ["at_labels", "gather", "scatter_add", "per_class", "label_weights", "denominator",
            "total_weight", "reduce", "row_cotangent", "neg_log_softmax", "weight_along",
-           "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad"]
+           "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad",
+           "Outputs", "LossAux", "z_rows", "reduce_with_z", "lse_coefficient", "given", "dense", "defvjp",
+           "softcap"]
 
 
 def at_labels(labels, axis):
@@ -150,3 +163,104 @@ def finish_class_weight_grad(dweight, g, loss, denominator, labels, kept, reduct
     counts = per_class(labels, kept.astype(ct), dweight.shape[0])
     dweight = dweight - (g.astype(ct) * loss.astype(ct) / denominator) * counts
   return dweight.astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Large-vocabulary options: z-loss, soft-capping and the outputs formed in the same pass.
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+  """Which in-pass outputs a call returns beside its loss (static)."""
+
+  lse: bool = False
+  argmax: bool = False
+  accuracy: bool = False
+  z_loss: bool = False
+
+  def __bool__(self) -> bool:
+    return self.lse or self.argmax or self.accuracy or self.z_loss
+
+
+class LossAux(NamedTuple):
+  """What a loss returns beside itself when asked (fields not asked for are None).
+
+  Attributes:
+    lse: per-row ``logsumexp`` of the (soft-capped) logits, the labels' batch shape, in the logits'
+      dtype (as ``torch.logsumexp``; computed in float32 for half inputs and rounded once);
+      differentiable, with gradient ``softmax``.
+    argmax: per-row predicted class (int32), the first maximum as ``torch.argmax``.
+    accuracy: the fraction of kept rows whose argmax is the label (for probability targets, the
+      targets' argmax); a float32 scalar, no gradient.
+    z_loss: the z-loss term already inside the loss (``s lse^2`` over kept rows, reduced as the
+      loss, in the logits' dtype), for logging; differentiable.
+  """
+
+  lse: jax.Array | None = None
+  argmax: jax.Array | None = None
+  accuracy: jax.Array | None = None
+  z_loss: jax.Array | None = None
+
+
+def softcap(x, cap, dtype=None):
+  """Gemma-2's ``c tanh(x / c)``, computed in ``x``'s compute dtype (``dtype``: cast to it)."""
+  if cap is None:
+    return x
+  ct = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+  y = cap * jnp.tanh(x.astype(ct) / cap)
+  return y.astype(x.dtype if dtype is None else dtype)
+
+
+def z_rows(lse, kept, z_loss):
+  """Each row's z-loss ``s lse^2`` (0 where ignored), or None when ``s = 0``."""
+  if not z_loss:
+    return None
+  return jnp.where(kept, z_loss * jnp.square(lse), 0.0)
+
+
+def reduce_with_z(losses, z, denominator, count, reduction):
+  """The loss with its z-loss: ``"none"``: ``l_n + z_n``; ``"sum"``: the sum of both; ``"mean"``:
+  ``sum l / denominator + sum z / count``, ``count`` the kept rows. The z-loss regularises the
+  partition function, which does not depend on the label, so class weights do not scale it (as
+  Liger-Kernel and levanter); without class weights both divisors are the kept rows."""
+  if z is None:
+    return reduce(losses, denominator, reduction)
+  if reduction == "none":
+    return losses + z
+  if reduction == "sum":
+    return reduce(losses + z, denominator, "sum")
+  return reduce(losses, denominator, "mean") + reduce(z, count, "mean")
+
+
+def defvjp(op, fwd, bwd):
+  """``op.defvjp(fwd, bwd)`` with symbolic zeros: ``bwd`` sees which output cotangents are zero (a
+  returned lse nobody differentiates costs no pass of its own), ``fwd`` sees plain values."""
+  def fwd_values(*args):
+    return fwd(*(a.value if isinstance(a, CustomVJPPrimal) else a for a in args))
+  op.defvjp(fwd_values, bwd, symbolic_zeros=True)
+
+
+def given(ct):
+  """A cotangent, or None where JAX passed a symbolic zero (nobody differentiates that output)."""
+  return None if ct is None or isinstance(ct, SymbolicZero) else ct
+
+
+def dense(ct):
+  """A cotangent as an array (a symbolic zero becomes zeros)."""
+  if isinstance(ct, SymbolicZero):
+    return jnp.zeros(ct.aval.shape, ct.aval.dtype)
+  return ct
+
+
+def lse_coefficient(g, lse, kept, z_loss, count, reduction, g_lse):
+  """``c_n`` of the module docstring: the coefficient of ``p_n`` that the z-loss (under the loss's
+  cotangent ``g``) and a cotangent ``g_lse`` on the returned lse add to ``alpha_n``; None if
+  neither applies."""
+  extra = None
+  if z_loss:
+    r = row_cotangent(g.astype(lse.dtype), lse.shape, count, reduction)
+    extra = jnp.where(kept, (2.0 * z_loss) * lse * r, 0.0)
+  if g_lse is not None:
+    g_lse = g_lse.astype(lse.dtype)
+    extra = g_lse if extra is None else extra + g_lse
+  return extra

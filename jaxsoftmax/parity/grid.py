@@ -129,6 +129,23 @@ def _ce_cases(dtype):
       if ignore is not None:
         kw["ignore_index"] = ignore
       yield Case("nll_loss", dtype, CE_LAYOUTS[layout], _params(**kw))
+  # z-loss and soft-cap against torch composed from its own ops; every reduction, with class
+  # weight x ignore_index x label smoothing, and the returned lse.
+  for weighted, ignore, smoothing, reduction in itertools.product(
+      (False, True), (None, 2), (0.0, 0.25), ("mean", "sum", "none")):
+    if dtype != "float32" and (weighted + (ignore is not None) + (smoothing > 0)) % 2:
+      continue  # every combination in float32; half of them in the other dtypes
+    kw = dict(reduction=reduction, label_smoothing=smoothing, targets="index", weighted=weighted,
+              z_loss=0.01, softcap=3.0)
+    if ignore is not None:
+      kw["ignore_index"] = ignore
+    yield Case("cross_entropy[llm]", dtype, (5, 7), _params(**kw))
+  for targets, shape in (("probs", (5, 7)), ("index", (3, 4, 2))):
+    yield Case("cross_entropy[llm]", dtype, shape, _params(
+        reduction="mean", label_smoothing=0.1, targets=targets, weighted=True, z_loss=0.01,
+        softcap=3.0))
+  yield Case("cross_entropy[llm]", dtype, (5, 7), _params(
+      reduction="none", targets="index", weighted=False, softcap=3.0, out="lse"))
   for reduction, weighted in (("mean", True), ("none", False)):
     yield Case("nn.CrossEntropyLoss", dtype, (5, 7), _params(
         reduction=reduction, label_smoothing=0.1, targets="index", weighted=weighted))
@@ -159,6 +176,21 @@ def _lce_cases(dtype):
   yield Case("linear_cross_entropy", dtype, (5, 6), _params(**{**base, "targets": "probs"}))
   yield Case("linear_cross_entropy", dtype, (5, 6), _params(**{**base, "kdim": 3}))
   yield Case("linear_cross_entropy", dtype, (13, 6), _params(**base), "large")
+  llm = itertools.product((False, True), (None, 2), (0.0, 0.2), ("mean", "sum", "none"))
+  for i, (weighted, ignore, smoothing, reduction) in enumerate(llm):
+    if dtype != "float32" and i % 3:
+      continue
+    kw = dict(reduction=reduction, label_smoothing=smoothing, targets="index", weighted=weighted,
+              bias=True, z_loss=0.01, softcap=3.0, chunk=4)
+    if ignore is not None:
+      kw["ignore_index"] = ignore
+    yield Case("linear_cross_entropy[llm]", dtype, (13, 6), _params(**kw))
+  yield Case("linear_cross_entropy[llm]", dtype, (13, 6), _params(
+      reduction="mean", targets="index", weighted=False, bias=True, softcap=3.0, chunk=4,
+      out="lse"))
+  yield Case("linear_cross_entropy[llm]", dtype, (13, 6), _params(
+      reduction="mean", targets="index", weighted=True, bias=True, z_loss=0.01, chunk=4,
+      filter_eps=0.0))  # filtering that skips nothing is exact
   for reduction in ("mean", "none"):
     yield Case("nn.LinearCrossEntropyLoss", dtype, (13, 6), _params(**{**base,
                                                                        "reduction": reduction}))

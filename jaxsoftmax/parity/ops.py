@@ -67,6 +67,39 @@ def _ce_kwargs(p):
   return kw
 
 
+def _torch_llm_ce(logits, target, weight, p, dim=1):
+  """torch composed from its own ops: ``F.cross_entropy`` of the soft-capped logits plus
+  ``s * logsumexp^2`` over the kept rows, reduced as the loss (or the lse itself, with
+  ``p["out"] == "lse"``)."""
+  torch = torch_module()
+  cap, z = p.get("softcap"), p.get("z_loss", 0.0)
+  x = logits if cap is None else cap * torch.tanh(logits / cap)
+  lse = torch.logsumexp(x, dim)
+  if p.get("out") == "lse":
+    return lse
+  loss = _tF().cross_entropy(x, target, weight=weight, **_ce_kwargs(p))
+  if target.dtype == torch.int64:
+    kept = target != p.get("ignore_index", -100)
+  else:
+    kept = torch.ones_like(lse, dtype=torch.bool)
+  rows = torch.where(kept, z * lse.square(), torch.zeros_like(lse))
+  reduction = p.get("reduction", "mean")
+  if reduction == "none":
+    return loss + rows
+  if reduction == "sum":
+    return loss + rows.sum()
+  return loss + rows.sum() / kept.sum()
+
+
+def _llm_kwargs(p):
+  return dict(z_loss=p.get("z_loss", 0.0), logit_softcap=p.get("softcap"))
+
+
+def _jax_llm(out, p):
+  """The loss, or the returned lse (``p["out"] == "lse"``)."""
+  return out[1].lse if p.get("out") == "lse" else out
+
+
 def _gumbel_torch(t, p):
   # torch.nn.functional.gumbel_softmax's algorithm, with the noise given instead of drawn.
   torch = torch_module()
@@ -191,6 +224,21 @@ OPS: dict[str, Op] = {op.name: op for op in [
            ignore_index=p.get("ignore_index"), label_smoothing=p.get("label_smoothing", 0.0),
            reduction=p.get("reduction", "mean"), chunk_size=p.get("chunk")),
        torch_linear_cross_entropy, differentiable=("x", "lw", "bias")),
+    Op("cross_entropy[llm]",  # z-loss, soft-cap, and the returned lse (differentiable)
+       lambda a, p: _jax_llm(F.cross_entropy(
+           a["x"], a["target"], weight=a.get("weight"), return_lse=p.get("out") == "lse",
+           **_ce_kwargs(p), **_llm_kwargs(p)), p),
+       lambda t, p: _torch_llm_ce(t["x"], t["target"], t.get("weight"), p),
+       differentiable=("x", "target")),
+    Op("linear_cross_entropy[llm]",  # the same on the chunked core, (D, V) kernel
+       lambda a, p: _jax_llm(jaxsoftmax.linear_cross_entropy(
+           a["x"], a["lw"].T, a["target"], bias=a.get("bias"), weight=a.get("weight"),
+           ignore_index=p.get("ignore_index"), label_smoothing=p.get("label_smoothing", 0.0),
+           reduction=p.get("reduction", "mean"), chunk_size=p.get("chunk"),
+           return_lse=p.get("out") == "lse", filter_eps=p.get("filter_eps"), **_llm_kwargs(p)), p),
+       lambda t, p: _torch_llm_ce(torch_module().nn.functional.linear(t["x"], t["lw"], t.get("bias")),
+                                  t["target"], t.get("weight"), p),
+       differentiable=("x", "lw", "bias")),
     Op("nn.LinearCrossEntropyLoss", _jax_lce_module, _torch_lce_module,
        differentiable=("x", "lw", "bias")),
     Op("nn.NLLLoss",

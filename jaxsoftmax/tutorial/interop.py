@@ -1,4 +1,5 @@
-"""Weights between the Flax models (:mod:`jaxsoftmax.tutorial.models`) and their torch twins.
+"""Weights between the Flax models (:mod:`jaxsoftmax.tutorial.models`, and
+:class:`jaxsoftmax.nn.AdaptiveLogSoftmaxWithLoss`) and their torch twins.
 
 Layouts: ``nn.Linear.weight`` ``(out, in)`` <-> ``nnx.Linear.kernel`` ``(in, out)``;
 ``nn.Conv2d.weight`` ``(O, I, kH, kW)`` <-> ``nnx.Conv.kernel`` ``(kH, kW, I, O)``; biases as they
@@ -26,10 +27,17 @@ from jaxsoftmax._src.errors import ArgumentError
 __all__ = ["from_torch", "to_torch", "torch_layout", "load_state_dict"]
 
 
-def _layers(model: nnx.Module) -> dict[str, nnx.Module]:
-  """The model's Linear and Conv layers by attribute name (the torch twin's names)."""
-  return {name: layer for name, layer in vars(model).items()
-          if isinstance(layer, (nnx.Linear, nnx.Conv))}
+def _layers(model, prefix: str = "") -> dict[str, nnx.Module]:
+  """The model's Linear and Conv layers under the torch twin's dotted names (``fc1``, or
+  ``tail.0.1`` inside lists such as :class:`jaxsoftmax.nn.AdaptiveLogSoftmaxWithLoss`'s)."""
+  items = enumerate(model) if isinstance(model, nnx.List) else vars(model).items()
+  layers = {}
+  for name, layer in items:
+    if isinstance(layer, (nnx.Linear, nnx.Conv)):
+      layers[f"{prefix}{name}"] = layer
+    elif isinstance(layer, (nnx.List, nnx.Module)):
+      layers.update(_layers(layer, f"{prefix}{name}."))
+  return layers
 
 
 def _to_torch_layout(layer, kernel: np.ndarray) -> np.ndarray:
@@ -45,7 +53,8 @@ def _expected_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   for name, layer in _layers(model).items():
     kernel = np.asarray(layer.kernel[...])
     shapes[f"{name}.weight"] = _to_torch_layout(layer, kernel).shape
-    shapes[f"{name}.bias"] = tuple(layer.bias[...].shape)
+    if layer.bias is not None:
+      shapes[f"{name}.bias"] = tuple(layer.bias[...].shape)
   return shapes
 
 
@@ -78,7 +87,8 @@ def from_torch(model: nnx.Module, state_dict: Mapping[str, object]) -> nnx.Modul
   for name, layer in _layers(model).items():
     kernel = _from_torch_layout(layer, arrays[f"{name}.weight"])
     layer.kernel[...] = jax_copy(kernel, layer.kernel[...].dtype)
-    layer.bias[...] = jax_copy(arrays[f"{name}.bias"], layer.bias[...].dtype)
+    if layer.bias is not None:
+      layer.bias[...] = jax_copy(arrays[f"{name}.bias"], layer.bias[...].dtype)
   return model
 
 
@@ -88,7 +98,8 @@ def torch_layout(model: nnx.Module) -> "collections.OrderedDict[str, np.ndarray]
   state = collections.OrderedDict()
   for name, layer in _layers(model).items():
     state[f"{name}.weight"] = numpy_copy(_to_torch_layout(layer, np.asarray(layer.kernel[...])))
-    state[f"{name}.bias"] = numpy_copy(layer.bias[...])
+    if layer.bias is not None:
+      state[f"{name}.bias"] = numpy_copy(layer.bias[...])
   return state
 
 
