@@ -52,7 +52,7 @@ def check_cutoffs(cutoffs, n_classes, op: str) -> tuple[int, ...]:
     raise ArgumentError(f"{op}: cutoffs must be unique and sorted in increasing order; got "
                         f"{values}.")
   if values[0] <= 0 or values[-1] > n_classes - 1:
-    raise ArgumentError(f"{op}: every cutoff must be between 1 and n_classes - 1 = "
+    raise ArgumentError(f"{op}: every value of cutoffs must be between 1 and n_classes - 1 = "
                         f"{n_classes - 1}; got {values}.")
   return tuple(values) + (int(n_classes),)
 
@@ -62,7 +62,7 @@ def _head_and_tails(x, head_kernel, head_bias, tails, cutoffs):
   ct = checks.compute_dtype(x.dtype)
   h = jnp.matmul(x, head_kernel, preferred_element_type=ct)
   if head_bias is not None:
-    h = h + head_bias.astype(ct)
+    h = h + head_bias.astype(ct)[None, :]
   head = family.log_softmax(h, axis=-1)
   parts = []
   for a, b in tails:
@@ -86,7 +86,8 @@ def log_prob_of_targets(x, target, head_kernel, head_bias, tails, cutoffs):
   head, parts = _head_and_tails(x, head_kernel, head_bias, tails, cutoffs)
   shortlist, rows = cutoffs[0], jnp.arange(x.shape[0])
   # The head's column: the class itself in the shortlist, else its cluster's logit.
-  cluster = jnp.searchsorted(jnp.asarray(cutoffs), target, side="right")  # 0: shortlist
+  cluster = jnp.searchsorted(jnp.asarray(cutoffs, target.dtype), target,
+                             side="right").astype(target.dtype)  # 0: the shortlist
   column = jnp.where(cluster == 0, target, shortlist + cluster - 1)
   out = head[rows, jnp.clip(column, 0, head.shape[1] - 1)]
   for i, part in enumerate(parts):
