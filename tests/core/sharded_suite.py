@@ -872,3 +872,56 @@ def test_cross_entropy_grad_of_grad_and_vmap_inside_shard_map():
   assert_close(got, expected, "float32", "Hessian-vector product")
   assert_close(rows, jaxsoftmax.cross_entropy(jnp.asarray(x), jnp.asarray(np.where(y < 0, 0, y)),
                                               reduction="none"), "float32", "vmap")
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15's options on the sharded path: z-loss, soft-cap, the returned lse (differentiated),
+# argmax and accuracy, against the unsharded op.
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("op", ["cross_entropy", "linear_cross_entropy"])
+def test_training_options_sharded_match_unsharded(op, reduction):
+  mesh = make_mesh()
+  rng = np.random.default_rng(15)
+  y = labels_for(classes=C, ignore=-100)
+  weight = rng.uniform(0.5, 2.0, C).astype(np.float32)
+  kw = dict(ignore_index=-100, reduction=reduction, z_loss=0.01, logit_softcap=4.0,
+            label_smoothing=0.1, return_lse=True, return_argmax=True, return_accuracy=True,
+            return_z_loss=True)
+  if op == "cross_entropy":
+    args = [logits(N, C) * 3, weight]
+    specs = [P("dp", "tp"), P("tp")]
+
+    def call(x, w, y, **sharding):
+      return jaxsoftmax.cross_entropy(x, y, weight=w, **kw, **sharding)
+  else:
+    args = [rng.normal(size=(N, 8)).astype(np.float32),
+            (rng.normal(size=(8, C)) * 2).astype(np.float32), weight]
+    specs = [P("dp", None), P(None, "tp"), P("tp")]
+
+    def call(x, k, w, y, **sharding):
+      return jaxsoftmax.linear_cross_entropy(x, k, y, weight=w, chunk_size=4, **kw, **sharding)
+
+  def scalar(out):  # the loss and the lse, both differentiated
+    loss, aux = out
+    return jnp.sum(loss) + jnp.sum(aux.lse * 0.5)
+
+  body = jax.shard_map(lambda *a: call(*a[:-1], a[-1], axis_name="tp", batch_axis_name="dp"),
+                       mesh=mesh, in_specs=tuple(specs) + (P("dp"),),
+                       out_specs=(P("dp") if reduction == "none" else P(), jaxsoftmax.LossAux(
+                           P("dp"), P("dp"), P(), P("dp") if reduction == "none" else P())))
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
+    yp = jax.device_put(y, NamedSharding(mesh, P("dp")))
+    out = jax.block_until_ready(jax.jit(body)(*placed, yp))
+    grads = jax.block_until_ready(jax.jit(jax.grad(lambda *a: scalar(body(*a)),
+                                                   argnums=tuple(range(len(args)))))(*placed, yp))
+  ref = call(*args, y)
+  ref_grads = jax.grad(lambda *a: scalar(call(*a, y)), argnums=tuple(range(len(args))))(*args)
+  assert_close(out[0], ref[0], "float32", "loss")
+  for name in ("lse", "accuracy", "z_loss"):
+    assert_close(getattr(out[1], name), getattr(ref[1], name), "float32", name)
+  np.testing.assert_array_equal(out[1].argmax, ref[1].argmax)
+  for i, (a, b) in enumerate(zip(grads, ref_grads)):
+    assert_close(a, b, "float32", f"grad {i}")
