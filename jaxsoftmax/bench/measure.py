@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import DEFAULT_SHAPES, PEERS, SELF_VARIANTS, Config, Unavailable, row_key
+from .config import DEFAULT_SHAPES, PEERS, SELF_VARIANTS, Config, Unavailable, is_linear, row_key
 from .providers import flops, itemsize, minimal_bytes, setup, torch_device
 
 __all__ = ["time_interleaved", "copy_gbps", "peak_rss", "child_main", "run"]
@@ -170,7 +170,7 @@ def run(config: Config, progress=None) -> dict:
           # its peak: the logits alone. A computed bound to read peak memory against, not a run.
           row["inplace_bound_mb"] = shape[0] * shape[1] * itemsize(dtype) / 2**20
         rows.append(row)
-    if config.rss == "all" or (config.rss == "linear" and op == "linear_cross_entropy"):
+    if config.rss == "all" or (config.rss == "linear" and is_linear(op)):
       for impl in impls:
         if impl in missing:
           continue

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .config import SELF_VARIANTS, Unavailable
+from .config import SELF_VARIANTS, SOFTCAP, Z_LOSS, Unavailable, is_linear
 
 __all__ = ["inputs", "itemsize", "minimal_bytes", "flops", "jax_setup", "torch_setup",
            "torch_device", "setup"]
@@ -22,10 +22,11 @@ __all__ = ["inputs", "itemsize", "minimal_bytes", "flops", "jax_setup", "torch_s
 
 def inputs(op: str, shape, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  if op == "linear_cross_entropy":
+  if is_linear(op):
     n, d, v = shape
+    scale = 8.0 if op.endswith("[filter]") else 1.0  # peaked predictions for the filter rows
     return {"x": rng.standard_normal((n, d), np.float32),
-            "w": (rng.standard_normal((d, v), np.float32) / np.sqrt(d)),
+            "w": (rng.standard_normal((d, v), np.float32) * np.float32(scale / np.sqrt(d))),
             "labels": rng.integers(0, v, n).astype(np.int32)}
   n, v = shape
   out = {"x": (rng.standard_normal((n, v), np.float32) * 2)}
@@ -41,7 +42,7 @@ def itemsize(dtype: str) -> int:
 def minimal_bytes(op: str, shape, dtype: str, mode: str) -> int:
   """Each input read once and each output written once (labels and scalars included)."""
   b = itemsize(dtype)
-  if op == "linear_cross_entropy":
+  if is_linear(op):
     n, d, v = shape
     params = (n * d + d * v) * b
     return params + n * 4 if mode == "fwd" else 2 * params + n * 4
@@ -54,7 +55,7 @@ def minimal_bytes(op: str, shape, dtype: str, mode: str) -> int:
 
 def flops(op: str, shape, mode: str) -> float | None:
   """Matmul FLOPs of linear_cross_entropy (2NDV per matmul: 1 forward, 2 backward)."""
-  if op != "linear_cross_entropy":
+  if not is_linear(op):
     return None
   n, d, v = shape
   return 2.0 * n * d * v * {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[mode]
@@ -79,6 +80,26 @@ def _jax_fns(op: str, impl: str):
     if impl == "optax":
       import optax  # noqa: PLC0415
       return lambda labels, x: optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
+    return None
+  if op == "linear_cross_entropy[filter]":
+    if impl not in ("jaxsoftmax", "jaxsoftmax[exact]"):
+      return None
+    eps = "auto" if impl == "jaxsoftmax" else None
+    return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(x, w, labels, filter_eps=eps)
+  if op == "linear_cross_entropy[z+cap]":
+    if ours:
+      return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(
+          x, w, labels, z_loss=Z_LOSS, logit_softcap=SOFTCAP, **kw)
+    if impl == "optax":
+      import optax  # noqa: PLC0415
+
+      def composed(labels, x, w):
+        z = jnp.dot(x, w, preferred_element_type=jnp.float32)
+        z = SOFTCAP * jnp.tanh(z / SOFTCAP)
+        lse = jax.nn.logsumexp(z, axis=-1)
+        return (optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+                + Z_LOSS * jnp.mean(lse * lse)).astype(x.dtype)
+      return composed
     return None
   if ours:
     return lambda labels, x, w: jaxsoftmax.linear_cross_entropy(x, w, labels, **kw)
@@ -163,6 +184,19 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
   elif op == "cross_entropy":
     base = (lambda t: F.cross_entropy(t, labels))
     args = [x]
+  elif op == "linear_cross_entropy[z+cap]":
+    if impl != "torch":
+      raise Unavailable(f"{impl} is not benchmarked with z-loss and soft-cap")
+    w = torch.from_numpy(np.array(data["w"].T, copy=True, order="C")).to(device, tdtype)
+
+    def base(t, u):  # composed from torch's own ops, in float32 as optax's
+      z = F.linear(t, u).float()
+      z = SOFTCAP * torch.tanh(z / SOFTCAP)
+      lse = torch.logsumexp(z, -1)
+      return (F.cross_entropy(z, labels) + Z_LOSS * (lse * lse).mean()).to(tdtype)
+    args = [x, w]
+  elif not op == "linear_cross_entropy":
+    raise Unavailable(f"{impl} has no {op}")
   else:
     if not hasattr(F, "linear_cross_entropy"):
       raise Unavailable(f"torch {torch.__version__} has no linear_cross_entropy (2.13 added it)")
@@ -171,7 +205,7 @@ def torch_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str],
     base = (lambda t, u: F.linear_cross_entropy(t, u, labels, options=options))
     args = [x, w]
   if impl == "torch.compile":
-    if op == "linear_cross_entropy":
+    if is_linear(op):
       raise Unavailable("torch.compile of linear_cross_entropy is not benchmarked")
     # A fresh dynamo cache per configuration: otherwise every shape and dtype recompiles the same
     # code object until torch's recompile limit silently falls back to eager; dynamic=False, so

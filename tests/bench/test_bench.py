@@ -50,7 +50,7 @@ def test_parse_shapes_routes_2d_and_3d_and_rejects_junk():
 def test_a_small_run_writes_long_rows_json_and_chart(tmp_path):
   config = bench.Config(shapes=bench.parse_shapes(["16x8", "8x4x12"], bench.OPS),
                         modes=bench.MODES, reps=3, budget_s=0.5, rss="linear",
-                        impls=("jax.nn", "optax", "torch", "torch-chunked"))
+                        impls=("jax.nn", "optax", "torch", "torch-chunked", "jaxsoftmax[exact]"))
   doc = bench.run(config)
   path = bench.write(doc, tmp_path)
   assert path.name == f"cpu-{doc['timestamp'][:10]}.json" and path.with_suffix(".png").exists()
@@ -59,12 +59,15 @@ def test_a_small_run_writes_long_rows_json_and_chart(tmp_path):
   ok = [r for r in saved["rows"] if r["status"] == "ok"]
   assert {(r["op"], r["impl"]) for r in ok} >= {
       ("softmax", "jaxsoftmax"), ("softmax", "jax.nn"), ("softmax", "torch"),
-      ("cross_entropy", "optax"), ("linear_cross_entropy", "torch-chunked")}
+      ("cross_entropy", "optax"), ("linear_cross_entropy", "torch-chunked"),
+      ("linear_cross_entropy[z+cap]", "jaxsoftmax"), ("linear_cross_entropy[z+cap]", "optax"),
+      ("linear_cross_entropy[z+cap]", "torch"), ("linear_cross_entropy[filter]", "jaxsoftmax"),
+      ("linear_cross_entropy[filter]", "jaxsoftmax[exact]")}
   assert {r["mode"] for r in ok} == set(bench.MODES)
   for r in ok:
     assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] and r["gbps"] > 0
     assert np.isclose(r["copy_fraction"], r["gbps"] / saved["copy_gbps"])
-    if r["impl"] in ("jaxsoftmax", "jax.nn", "optax"):
+    if r["impl"] in ("jaxsoftmax", "jax.nn", "optax", "jaxsoftmax[exact]"):
       assert "xla_temp_mb" in r
   lce = [r for r in ok if r["op"] == "linear_cross_entropy" and r["mode"] == "fwd+bwd"]
   assert all(r["peak_rss_mb"] >= r["setup_rss_mb"] > 50 for r in lce)

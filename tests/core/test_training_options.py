@@ -126,3 +126,43 @@ def test_fuzz_linear_matches_the_logits_path(z, cap, reduction, smoothing, seed)
   np.testing.assert_allclose(fused(x, w), logits(x, w), rtol=2e-5, atol=1e-6)
   for a, b in zip(jax.grad(fused, (0, 1))(x, w), jax.grad(logits, (0, 1))(x, w)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.given(z=st.sampled_from([0.0, 1e-3, 0.1]), cap=st.sampled_from([None, 2.0, 30.0]),
+                  reduction=st.sampled_from(["mean", "sum", "none"]),
+                  probs=st.booleans(), weighted=st.booleans(), seed=st.integers(0, 2**16))
+def test_fuzz_mirror_matches_torch_composed(z, cap, reduction, probs, weighted, seed):
+  """The mirror's keywords against torch composed from its own ops, probability targets too."""
+  from jaxsoftmax import functional as F
+
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(7, 5)) * 3
+  target = rng.dirichlet(np.ones(5), 7) if probs else rng.integers(0, 5, 7)
+  weight = rng.uniform(0.5, 2.0, 5) if weighted else None
+  ignore = -100 if probs else int(target[0])  # an ignored class, with integer labels
+
+  def theirs(t):
+    capped = t if cap is None else cap * torch.tanh(t / cap)
+    tt = torch.from_numpy(target)
+    loss = torch.nn.functional.cross_entropy(
+        capped, tt, weight=None if weight is None else torch.from_numpy(weight),
+        ignore_index=ignore, reduction=reduction, label_smoothing=0.1)
+    lse = torch.logsumexp(capped, 1)
+    kept = torch.ones(7, dtype=torch.bool) if probs else tt != ignore
+    rows = torch.where(kept, z * lse**2, torch.zeros_like(lse))
+    extra = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / kept.sum()}[reduction]
+    return loss + extra
+
+  tx = torch.from_numpy(x).requires_grad_()
+  expected = theirs(tx)
+  expected.sum().backward()
+  with jax.enable_x64(True):
+    def ours(x):
+      return F.cross_entropy(x, jnp.asarray(target), weight=weight, ignore_index=ignore,
+                             reduction=reduction, label_smoothing=0.1, z_loss=z,
+                             logit_softcap=cap)
+    got = ours(jnp.asarray(x))
+    grad = jax.grad(lambda x: jnp.sum(ours(x)))(jnp.asarray(x))
+  np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-7, atol=1e-10)
+  np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-7, atol=1e-10)

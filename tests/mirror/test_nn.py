@@ -46,3 +46,25 @@ def test_softmax2d_and_reprs():
     nn.Softmax2d()(jnp.ones((2, 3)))
   assert repr(nn.Softmax(dim=1)) == "Softmax(dim=1)"
   np.testing.assert_allclose(nn.Softmax2d()(jnp.zeros((2, 4, 3, 3))).sum(-3), 1.0, rtol=1e-6)
+
+
+def test_loss_modules_pass_the_training_options_through():
+  """The modules' JAX-side keywords reach the core: each equals the functional call."""
+  import numpy as np
+  from flax import nnx
+
+  from jaxsoftmax import functional as F
+  from jaxsoftmax import nn as jnn
+
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(6, 9)).astype(np.float32) * 3, rng.integers(0, 9, 6)
+  module = jnn.CrossEntropyLoss(z_loss=0.01, logit_softcap=2.0)
+  np.testing.assert_allclose(module(x, y), F.cross_entropy(x, y, z_loss=0.01, logit_softcap=2.0),
+                             rtol=1e-6)
+  assert abs(float(module(x, y)) - float(F.cross_entropy(x, y))) > 1e-3  # the options act
+  head = jnn.LinearCrossEntropyLoss(5, 9, z_loss=0.01, logit_softcap=2.0, filter_eps=0.0,
+                                    rngs=nnx.Rngs(0))
+  h = rng.normal(size=(6, 5)).astype(np.float32)
+  expected = F.linear_cross_entropy(h, head.linear.kernel[...].T, y, z_loss=0.01,
+                                    logit_softcap=2.0)
+  np.testing.assert_allclose(head(h, y), expected, rtol=1e-5)
