@@ -59,15 +59,14 @@ def check_cutoffs(cutoffs, n_classes, op: str) -> tuple[int, ...]:
 
 def _head_and_tails(x, head_kernel, head_bias, tails, cutoffs):
   """``(lsm(h), [lsm(x A_i B_i)])`` in the compute dtype."""
+  # Half inputs: every matmul and log-softmax in float32, each gradient rounded once (at the casts).
   ct = checks.compute_dtype(x.dtype)
-  h = jnp.matmul(x, head_kernel, preferred_element_type=ct)
+  xc = x.astype(ct)
+  h = xc @ head_kernel.astype(ct)
   if head_bias is not None:
     h = h + head_bias.astype(ct)[None, :]
   head = family.log_softmax(h, axis=-1)
-  parts = []
-  for a, b in tails:
-    hidden = jnp.matmul(x, a, preferred_element_type=ct).astype(x.dtype)
-    parts.append(family.log_softmax(jnp.matmul(hidden, b, preferred_element_type=ct), axis=-1))
+  parts = [family.log_softmax((xc @ a.astype(ct)) @ b.astype(ct), axis=-1) for a, b in tails]
   return head, parts
 
 

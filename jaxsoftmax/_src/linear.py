@@ -338,8 +338,10 @@ def _lce_fwd(x, w, b, labels, weight, static):
   loss = xent.reduce_with_z(out["losses"], xent.z_rows(lse, kept, z_loss), denominator, count,
                             reduction).astype(x.dtype)
   ce = xent.reduce(out["losses"], denominator, reduction).astype(x.dtype)
-  res = (x, w, b, labels, weight, out["m"], out["log_s"], denominator, ce, count,
-         out.get("dx"), grads)
+  # The inputs are kept for "none"'s recomputation and for a returned lse's cotangent only.
+  keep = reduction == "none" or static.loss.lse
+  res = ((x, w, b) if keep else (None, None, None)) + (
+      labels, weight, out["m"], out["log_s"], denominator, ce, count, out.get("dx"), grads)
   return (loss, (lse, out["argmax"])), res
 
 
@@ -596,8 +598,10 @@ def _lce_sharded_fwd(x, w, b, labels, weight, static, axes, like):
   # mean: the unit row scale of the pass becomes 1 / denominator (and 1 / count for the z-loss,
   # equal to it without class weights) here.
   scale = 1.0 if reduction == "sum" else 1.0 / red.denominator
-  res = (x, w, b, labels, weight, stats, out.get("dx"), grads, red.denominator,
-         red.ce.astype(x.dtype), scale, red.count)
+  keep = not fused or static.loss.lse  # for the recomputation, or a returned lse's cotangent
+  res = ((x, w, b) if keep else (None, None, None)) + (
+      labels, weight, stats, out.get("dx"), grads, red.denominator, red.ce.astype(x.dtype), scale,
+      red.count)
   return (red.out.astype(x.dtype), (lse, out.get("argmax"))), res
 
 
@@ -1085,7 +1089,8 @@ def validated_call(op: str, names: ArgNames, x, w, labels, *, bias, weight, opti
       collectives.explicit_layout(x), collectives.explicit_layout(w))
   if axes or layouts != (None, None):
     backend = dispatch.Backend.XLA
-  options = dataclasses.replace(options, argmax=outputs.argmax or outputs.accuracy)
+  options = dataclasses.replace(options, argmax=outputs.argmax or outputs.accuracy,
+                                lse=outputs.lse or outputs.z_loss)
   static = _Static(options, max(1, min(chunk_size, max(n, 1))), vocab_first, backend, filter_eps,
                    accumulation)
   if layouts != (None, None):  # under jit over an Explicit mesh: the layout is in the types

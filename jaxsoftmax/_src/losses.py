@@ -53,6 +53,7 @@ class LossOptions:
   z_loss: float = 0.0
   softcap: float | None = None
   argmax: bool = False  # the sharded rules gather each block's argmax only when it is asked for
+  lse: bool = False  # the lse is returned, so it may get a cotangent (fused rules keep inputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,16 +193,17 @@ def _ce_labels_kernel_fwd(x, labels, weight, opts, interpret, *, grad=None):
   out = xent.reduce_with_z(losses.reshape(labels.shape), None if z is None else z.reshape(
       labels.shape), denominator, count, opts.reduction).astype(x.dtype)
   # The logits are kept for the backward of "none", a z-loss, the smoothed weight gradient and a
-  # cotangent on the returned lse; under jit they are dropped when that backward does not read them.
+  # returned lse (whose cotangent needs a pass of its own); otherwise only the gradient is.
+  keep_x = x2 if dz is None or opts.lse or (weight is not None and eps > 0.0) else None
   rows = (lse.reshape(labels.shape), jnp.argmax(x2, axis=1).astype(jnp.int32).reshape(labels.shape))
-  return (out, rows), (dz, x2, m, s, lsm_y, labels, weight, denominator, ce, lse, count)
+  return (out, rows), (dz, keep_x, m, s, lsm_y, labels, weight, denominator, ce, lse, count)
 
 
 def _ce_labels_kernel_bwd(opts, interpret, res, g):
   dz, x2, m, s, lsm_y, labels, weight, denominator, out, lse, count = res
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   ct = jnp.float32
-  num_classes, eps = x2.shape[1], opts.label_smoothing
+  num_classes, eps = (dz if dz is not None else x2).shape[1], opts.label_smoothing
   flat = labels.reshape(-1)
   w_y, kept = xent.label_weights(flat, weight, opts.ignore_index, num_classes, ct)
   total_w = xent.total_weight(weight, num_classes, ct)
@@ -221,7 +223,7 @@ def _ce_labels_kernel_bwd(opts, interpret, res, g):
                       0.0)
     dx = ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, (m, s), interpret=interpret,
                        grad=True, extra_alpha=extra)[4]
-  dx = dx.reshape(labels.shape + (num_classes,)).astype(x2.dtype)
+  dx = dx.reshape(labels.shape + (num_classes,)).astype(g.dtype)
   dweight = None
   if weight is not None:
     dweight = xent.per_class(flat, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0), num_classes)
@@ -996,7 +998,7 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   outputs = xent.Outputs(return_lse, return_argmax, return_accuracy, return_z_loss)
   opts = LossOptions(ignore_index, label_smoothing, reduction, checks.check_z_loss(z_loss, op),
                      checks.check_softcap(logit_softcap, op),
-                     outputs.argmax or outputs.accuracy)
+                     outputs.argmax or outputs.accuracy, outputs.lse or outputs.z_loss)
   if indices:
     checks.check_labels_in_range(labels, axes.num_classes(logits.shape[axis]),
                                  ignore_index, op)

@@ -196,6 +196,40 @@ def _lce_cases(dtype):
                                                                        "reduction": reduction}))
 
 
+def _adaptive_cases(dtype):
+  for op in ("adaptive_log_softmax_with_loss", "nn.AdaptiveLogSoftmaxWithLoss"):
+    for out, head_bias in (("output", False), ("loss", True), ("log_prob", True)):
+      if op.startswith("nn.") and out == "output":
+        continue
+      yield Case(op, dtype, (9, 8), _params(out=out, head_bias=head_bias, targets="index"))
+  yield Case("adaptive_log_softmax_with_loss", dtype, (8,), _params(out="output",
+                                                                   head_bias=False,
+                                                                   targets="index"))
+
+
+def _adaptive_inputs(case: Case, rng, store) -> dict[str, np.ndarray]:
+  """x, targets over every cluster, and the module's weights in torch's layouts."""
+  from jaxsoftmax.parity.ops import ASM  # noqa: PLC0415 - ops imports this module
+
+  d, cutoffs = ASM["in_features"], ASM["cutoffs"] + (ASM["n_classes"],)
+  inputs = {"x": rng.standard_normal(case.shape).astype(store)}
+  target = rng.integers(0, ASM["n_classes"], case.shape[:-1])
+  inputs["target"] = target.astype(np.int64)
+
+  def uniform(*shape):
+    bound = 1.0 / np.sqrt(shape[-1])
+    return rng.uniform(-bound, bound, shape).astype(store)
+
+  inputs["head.weight"] = uniform(cutoffs[0] + len(cutoffs) - 1, d)
+  if case.options.get("head_bias"):
+    inputs["head.bias"] = uniform(cutoffs[0] + len(cutoffs) - 1, d)[:, 0].copy()
+  for i in range(len(cutoffs) - 1):
+    hidden = int(d // ASM["div_value"] ** (i + 1))
+    inputs[f"tail.{i}.0.weight"] = uniform(hidden, d)
+    inputs[f"tail.{i}.1.weight"] = uniform(cutoffs[i + 1] - cutoffs[i], hidden)
+  return inputs
+
+
 def cases(ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None) -> list[Case]:
   """The parity grid: every op over shapes, dims, extreme values and option combinations."""
   dtypes = tuple(dtypes or DTYPES)
@@ -203,7 +237,8 @@ def cases(ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None)
   if unknown:
     raise ValueError(f"cases: unknown dtypes {sorted(unknown)}; expected some of {DTYPES}")
   out = [c for d in dtypes
-         for c in itertools.chain(_family_cases(d), _ce_cases(d), _lce_cases(d))]
+         for c in itertools.chain(_family_cases(d), _ce_cases(d), _lce_cases(d),
+                                  _adaptive_cases(d))]
   if ops is not None:
     ops = set(ops)
     unknown = ops - set(OPS)
@@ -264,6 +299,8 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
     dim = _class_axis(case)
   if case.op.startswith("linear_cross_entropy") or case.op == "nn.LinearCrossEntropyLoss":
     return _lce_inputs(case, rng, store)
+  if "daptive" in case.op:
+    return _adaptive_inputs(case, rng, store)
   values = "normal" if case.values == "all_ignored" else case.values
   inputs = {"x": np.asarray(_values(rng, case.shape, values, dim if case.shape else 0)).astype(store)}
   if case.op.endswith("[where]"):

@@ -100,6 +100,71 @@ def _jax_llm(out, p):
   return out[1].lse if p.get("out") == "lse" else out
 
 
+ASM = dict(in_features=8, n_classes=12, cutoffs=(4, 9), div_value=2.0)  # the grid's adaptive softmax
+ASM_WEIGHTS = ("head.weight", "tail.0.0.weight", "tail.0.1.weight", "tail.1.0.weight",
+               "tail.1.1.weight")  # torch layouts (out, in); "head.bias" with head_bias
+
+
+def _asm_state(d):
+  state = {k: d[k] for k in ASM_WEIGHTS}
+  if "head.bias" in d:
+    state["head.bias"] = d["head.bias"]
+  return state
+
+
+def _torch_asm(t, p):
+  """torch's module run with the case's weights: ``functional_call`` of a wrapper whose forward is
+  the method asked for, so gradients reach the given tensors."""
+  torch = torch_module()
+  module = torch.nn.AdaptiveLogSoftmaxWithLoss(
+      ASM["in_features"], ASM["n_classes"], list(ASM["cutoffs"]), ASM["div_value"],
+      head_bias="head.bias" in t).to(device=t["x"].device, dtype=t["x"].dtype)
+
+  class Call(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.m = module
+
+    def forward(self, *args):
+      return module.log_prob(*args) if p["out"] == "log_prob" else module(*args)
+
+  state = {f"m.{k}": v for k, v in _asm_state(t).items()}
+  args = (t["x"],) if p["out"] == "log_prob" else (t["x"], t["target"])
+  out = torch.func.functional_call(Call(), state, args, strict=True)
+  return out if p["out"] == "log_prob" else getattr(out, p["out"])
+
+
+def _jax_asm_module(a):
+  """jaxsoftmax.nn.AdaptiveLogSoftmaxWithLoss holding the case's (possibly traced) weights."""
+  module = jnn.AdaptiveLogSoftmaxWithLoss(
+      ASM["in_features"], ASM["n_classes"], ASM["cutoffs"], ASM["div_value"],
+      head_bias="head.bias" in a, dtype=a["x"].dtype, rngs=nnx.Rngs(0))
+  module.head.kernel.set_value(a["head.weight"].T)
+  if "head.bias" in a:
+    module.head.bias.set_value(a["head.bias"])
+  for i, pair in enumerate(module.tail):
+    for j, layer in enumerate(pair):
+      layer.kernel.set_value(a[f"tail.{i}.{j}.weight"].T)
+  return module
+
+
+def _jax_asm(a, p):
+  """The functional core (Flax layout: the kernels are torch's weights transposed)."""
+  if p["out"] == "log_prob":
+    return _jax_asm_module(a).log_prob(a["x"])
+  tails = [(a[f"tail.{i}.0.weight"].T, a[f"tail.{i}.1.weight"].T) for i in range(2)]
+  out = jaxsoftmax.adaptive_log_softmax_with_loss(a["x"], a["target"], a["head.weight"].T, tails,
+                                                  ASM["cutoffs"], head_bias=a.get("head.bias"))
+  return getattr(out, p["out"])
+
+
+def _jax_asm_nn(a, p):
+  module = _jax_asm_module(a)
+  if p["out"] == "log_prob":
+    return module.log_prob(a["x"])
+  return getattr(module(a["x"], a["target"]), p["out"])
+
+
 def _gumbel_torch(t, p):
   # torch.nn.functional.gumbel_softmax's algorithm, with the noise given instead of drawn.
   torch = torch_module()
@@ -239,6 +304,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
        lambda t, p: _torch_llm_ce(torch_module().nn.functional.linear(t["x"], t["lw"], t.get("bias")),
                                   t["target"], t.get("weight"), p),
        differentiable=("x", "lw", "bias")),
+    Op("adaptive_log_softmax_with_loss", _jax_asm, _torch_asm,
+       differentiable=("x",) + ASM_WEIGHTS + ("head.bias",)),
+    Op("nn.AdaptiveLogSoftmaxWithLoss", _jax_asm_nn, _torch_asm,
+       differentiable=("x",) + ASM_WEIGHTS + ("head.bias",)),
     Op("nn.LinearCrossEntropyLoss", _jax_lce_module, _torch_lce_module,
        differentiable=("x", "lw", "bias")),
     Op("nn.NLLLoss",
