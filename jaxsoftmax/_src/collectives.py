@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
-           "batch_sum", "varying", "reduce_like", "vary_like", "reduce_rows", "Reduced", "untyped",
+           "batch_sum", "varying", "reduce_like", "vary_like", "reduce_rows", "Reduced", "untyped", "block_argmax", "combine_argmax",
            "block_labels", "check_axes", "entry_names", "explicit_layout", "laid_out",
            "run_on_mesh", "class_mask", "check_num_classes", "auto_mesh", "spec_of"]
 
@@ -172,6 +172,20 @@ def combine_max_sum(m, s):
   big = jnp.max(m, axis=0, keepdims=True)
   scale = jnp.where(m == -jnp.inf, 0.0, jnp.exp(m - big))
   return big[0], jnp.sum(scale * s, axis=0), scale
+
+
+def block_argmax(x, names: Names):
+  """This block's row argmax along the last axis as a global class id, in ``x``'s dtype (a column
+  for :func:`gather_stats`; exact below 2^24 classes in float32)."""
+  return (jnp.argmax(x, axis=-1) + index(names) * x.shape[-1]).astype(x.dtype)
+
+
+def combine_argmax(m, arg, big):
+  """The global argmax from each block's row max ``m`` and :func:`block_argmax` ``arg``
+  (``[P, *rows]``) and the global max ``big``: the first block holding ``big`` (blocks are in
+  class order, so ties resolve to the first class, as ``torch.argmax``)."""
+  first = jnp.argmax(m == big[None], axis=0)
+  return jnp.take_along_axis(arg, first[None], axis=0)[0].astype(jnp.int32)
 
 
 def batch_sum(values, names: Names):
@@ -326,7 +340,15 @@ def run_on_mesh(fn, mesh, args, specs, out_spec):
 
   placed = [laid_out(args[i], specs[i]) for i in present]
   return jax.shard_map(body, mesh=mesh, in_specs=tuple(P(*specs[i]) for i in present),
-                       out_specs=P(*out_spec) if type(out_spec) is tuple else out_spec)(*placed)
+                       out_specs=P(*out_spec) if _is_entries(out_spec) else out_spec)(*placed)
+
+
+def _is_entries(spec) -> bool:
+  """Whether ``spec`` is one PartitionSpec's entries (names, None, tuples of names), not a pytree
+  of specs."""
+  return type(spec) is tuple and all(
+      e is None or isinstance(e, str) or (type(e) is tuple and all(isinstance(n, str) for n in e))
+      for e in spec)
 
 
 def auto_mesh(x):

@@ -117,16 +117,6 @@ class _ChunkTerms(NamedTuple):
   lse_g: jax.Array | None = None
 
 
-def _lse_extra(t, lse, z_loss):
-  """The coefficient of ``p`` that the z-loss and an lse cotangent add (xent.lse_coefficient)."""
-  extra = None
-  if t.z_g is not None and z_loss:
-    extra = jnp.where(t.kept, (2.0 * z_loss) * lse * t.z_g, 0.0)
-  if t.lse_g is not None:
-    extra = t.lse_g if extra is None else extra + t.lse_g
-  return extra
-
-
 def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   """``(losses, m, log_s, dz | None)`` of one chunk, in XLA."""
   v = z.shape[1]
@@ -145,7 +135,7 @@ def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   if t.row_g is None:
     return losses, m, log_s, None
   alpha, beta, gamma = xent.smoothing_coefficients(t.row_g, t.w_y, total_w, eps, v)
-  extra = _lse_extra(t, m + log_s, z_loss)
+  extra = xent.lse_terms(m + log_s, t.kept, z_loss, t.z_g, t.lse_g)
   alpha = alpha if extra is None else alpha + extra
   dz = alpha[:, None] * jnp.exp(z - (m + log_s)[:, None])
   if eps > 0.0:
@@ -166,7 +156,8 @@ def _kernel_chunk_step(z, t, weight, eps, total_w, z_loss=0.0, *, interpret):
     stats = (m, s)
   extra = None
   if needs_lse:
-    extra = _lse_extra(t, stats[0][:, 0] + jnp.log(stats[1][:, 0]), z_loss)
+    extra = xent.lse_terms(stats[0][:, 0] + jnp.log(stats[1][:, 0]), t.kept, z_loss, t.z_g,
+                           t.lse_g)
   m, s, z_y, smooth_sum, dz = ce_row_kernel(z, t.labels, weight, row_g, t.w_y, total_w, eps,
                                             stats, interpret=interpret,
                                             grad=t.row_g is not None, extra_alpha=extra)
@@ -428,13 +419,10 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given,
       columns.append(jnp.sum(shifted, 1) if w_loc is None else shifted @ w_loc)
       columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
     if want_argmax:
-      columns.append((jnp.argmax(z, axis=1) + collectives.index(names) * block).astype(z.dtype))
+      columns.append(collectives.block_argmax(z, names))
     stats = collectives.gather_stats(columns, names)
     big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
-    argmax = None
-    if want_argmax:
-      first = jnp.argmax(stats[:, 0] == big[None], axis=0)  # ties: the first class, as torch
-      argmax = jnp.take_along_axis(stats[:, -1], first[None], axis=0)[0].astype(jnp.int32)
+    argmax = collectives.combine_argmax(stats[:, 0], stats[:, -1], big) if want_argmax else None
     log_s = jnp.log(total)
     in_range = (labels >= 0) & (labels < num_classes)
     w_y = jnp.where(kept, jnp.where(in_range, jnp.sum(stats[:, 3], 0), jnp.nan), 0.0)
@@ -454,8 +442,7 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given,
   big, log_s, w_y, total_w = saved
   alpha, beta, gamma = xent.smoothing_coefficients(row_g, w_y, total_w, eps, num_classes)
   if lse_terms is not None:
-    extra = _lse_extra(_ChunkTerms(labels, w_y, kept, row_g, None, *lse_terms), big + log_s,
-                       z_loss)
+    extra = xent.lse_terms(big + log_s, kept, z_loss, *lse_terms)
     alpha = alpha if extra is None else alpha + extra
   dz = alpha[:, None] * jnp.exp(z - (big + log_s)[:, None])
   if eps > 0.0:

@@ -211,16 +211,13 @@ def _ce_labels_kernel_bwd(opts, interpret, res, g):
   g_rows = g32.reshape(-1) if opts.reduction == "none" else g32
   extra = xent.lse_coefficient(g_rows, lse, kept, opts.z_loss, count, opts.reduction,
                                None if g_lse is None else g_lse.reshape(-1))
+  row_g = jnp.where(kept, xent.row_cotangent(g_rows, flat.shape, denominator, opts.reduction), 0.0)
   if dz is not None:  # mean / sum: the forward's gradient, scaled
     dx = (g32 * dz.astype(ct)).astype(g.dtype)
-    row_g = jnp.where(kept, xent.row_cotangent(g_rows, flat.shape, denominator, opts.reduction),
-                      0.0)
     if extra is not None:  # a cotangent on the lse: its gradient needs a pass of its own
       dx = dx + ce_row_kernel(x2, flat, weight, jnp.zeros_like(row_g), w_y, total_w, eps, (m, s),
                               interpret=interpret, grad=True, extra_alpha=extra)[4].astype(g.dtype)
   else:  # one cotangent per row, or a z-loss: the gradient is formed now from the saved statistics
-    row_g = jnp.where(kept, xent.row_cotangent(g_rows, flat.shape, denominator, opts.reduction),
-                      0.0)
     dx = ce_row_kernel(x2, flat, weight, row_g, w_y, total_w, eps, (m, s), interpret=interpret,
                        grad=True, extra_alpha=extra)[4]
   dx = dx.reshape(labels.shape + (num_classes,)).astype(g.dtype)
@@ -382,20 +379,6 @@ def _global_probs(e, m, big, total):
   return e * factor[..., None]
 
 
-def _global_argmax(xc, axes):
-  """This block's row argmax as a global class id (for the gather; exact below 2^24 classes)."""
-  block = xc.shape[-1]
-  return jnp.argmax(xc, axis=-1) + collectives.index(axes.classes) * block
-
-
-def _combine_argmax(m_all, arg_all, big):
-  """The global argmax from each block's ``(max, argmax)`` ``[P, rows]``: the first block holding
-  the global max ``big`` (blocks are in class order, so ties resolve to the first class, as
-  ``torch.argmax``)."""
-  first = jnp.argmax(m_all == big[None], axis=0)
-  return jnp.take_along_axis(arg_all, first[None], axis=0)[0].astype(jnp.int32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _ce_labels_sharded(x, labels, weight, opts, axes, like):
   return _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like)[0]
@@ -418,11 +401,11 @@ def _ce_labels_sharded_fwd(x, labels, weight, opts, axes, like):
     columns.append(jnp.sum(shifted, -1) if w_loc is None else shifted @ w_loc)
     columns.append(jnp.broadcast_to(float(block) if w_loc is None else jnp.sum(w_loc), m.shape))
   if opts.argmax:
-    columns.append(_global_argmax(xc, axes))
+    columns.append(collectives.block_argmax(xc, axes.classes))
   stats = collectives.gather_stats([c.astype(ct) for c in columns], axes.classes)
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   z_y, w_y = jnp.sum(stats[:, 2], 0), jnp.sum(stats[:, 3], 0)
-  argmax = _combine_argmax(stats[:, 0], stats[:, -1], big) if opts.argmax else None
+  argmax = collectives.combine_argmax(stats[:, 0], stats[:, -1], big) if opts.argmax else None
   kept = jnp.ones(labels.shape, bool) if opts.ignore_index is None else labels != opts.ignore_index
   in_range = (labels >= 0) & (labels < num_classes)
   w_y = jnp.where(kept, jnp.where(in_range, w_y, jnp.nan), 0.0)
@@ -502,7 +485,7 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
   # X = sum_p X_p + (m_p - M) T_p (as torch: a zero target on a -inf logit gives NaN).
   stats = collectives.gather_stats(
       [m, s, jnp.sum(wt, -1), jnp.sum(wt * _masked(xc - m_safe[..., None], mask, 0.0), -1)]
-      + ([_global_argmax(xc, axes).astype(ct)] if argmax else []), axes.classes)
+      + ([collectives.block_argmax(xc, axes.classes)] if argmax else []), axes.classes)
   big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
   m_all = jnp.where(stats[:, 0] == -jnp.inf, 0.0, stats[:, 0])
   t_sum = jnp.sum(stats[:, 2], 0)
@@ -511,7 +494,7 @@ def _ce_probs_sharded_fwd(x, targets, weight, label_smoothing, reduction, axes, 
   kept = jnp.ones(lse.shape, bool)
   red = collectives.reduce_rows(losses, jnp.asarray(losses.size, ct), reduction, axes.batch,
                                 xent.z_rows(lse, kept, z_loss), kept)
-  rows = (lse, _combine_argmax(stats[:, 0], stats[:, 4], big) if argmax else None)
+  rows = (lse, collectives.combine_argmax(stats[:, 0], stats[:, 4], big) if argmax else None)
   return (red.out.astype(x.dtype), rows), (xc, targets, weight, _global_probs(e, m, big, total),
                                            big, jnp.log(total), t_sum, red.denominator, lse,
                                            red.count)
@@ -776,7 +759,8 @@ def loss_aux(outputs: xent.Outputs, lse, argmax, target, kept, z_loss, reduction
                                             jnp.sum(kept.astype(jnp.float32))]), batch)
     accuracy = both[0] / both[1]
   if outputs.z_loss:
-    rows = jnp.where(kept, z_loss * jnp.square(lse), 0.0)
+    rows = xent.z_rows(lse, kept, z_loss)
+    rows = jnp.zeros_like(lse) if rows is None else rows
     if reduction == "none":
       z = rows
     elif reduction == "sum":
@@ -796,10 +780,10 @@ def _target_argmax(targets, axis, axes):
   if not axes.classes:
     return jnp.argmax(targets, axis=axis).astype(jnp.int32)
   t = jnp.moveaxis(targets, axis, -1)
-  t = _masked(t, axes.class_mask(t.shape[-1]))
+  t = _masked(t.astype(checks.compute_dtype(t.dtype)), axes.class_mask(t.shape[-1]))  # exact ids
   m = jnp.max(t, axis=-1)
-  stats = collectives.gather_stats([m, _global_argmax(t, axes).astype(m.dtype)], axes.classes)
-  return _combine_argmax(stats[:, 0], stats[:, 1], jnp.max(stats[:, 0], axis=0))
+  stats = collectives.gather_stats([m, collectives.block_argmax(t, axes.classes)], axes.classes)
+  return collectives.combine_argmax(stats[:, 0], stats[:, 1], jnp.max(stats[:, 0], axis=0))
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "opts", "indices", "checked", "backend",
@@ -882,9 +866,6 @@ def aux_specs(outputs: xent.Outputs, out_spec, row_spec):
 
   return (P(*out_spec), xent.LossAux(spec(outputs.lse, row_spec), spec(outputs.argmax, row_spec),
                                      spec(outputs.accuracy, ()), spec(outputs.z_loss, out_spec)))
-
-
-_aux_specs = aux_specs
 
 
 def _sharding_axes(axis_name, batch_axis_name, implementation, op) -> collectives.Axes:
@@ -1020,7 +1001,7 @@ def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
 
     return collectives.run_on_mesh(body, mesh, [logits, labels, weight],
                                    [spec, label_spec if indices else spec, (spec[axis],)],
-                                   _aux_specs(outputs, out_spec, label_spec))
+                                   aux_specs(outputs, out_spec, label_spec))
   if axes:
     return _cross_entropy(logits, labels, weight, axis=axis, opts=opts, indices=indices,
                           backend=dispatch.Backend.XLA, axes=axes, outputs=outputs,

@@ -40,7 +40,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 __all__ = ["at_labels", "gather", "scatter_add", "per_class", "label_weights", "denominator",
            "total_weight", "reduce", "row_cotangent", "neg_log_softmax", "weight_along",
            "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad",
-           "Outputs", "LossAux", "z_rows", "reduce_with_z", "lse_coefficient", "given", "dense", "defvjp",
+           "Outputs", "LossAux", "z_rows", "reduce_with_z", "lse_coefficient", "lse_terms", "given", "dense", "defvjp",
            "softcap"]
 
 
@@ -252,15 +252,20 @@ def dense(ct):
   return ct
 
 
-def lse_coefficient(g, lse, kept, z_loss, count, reduction, g_lse):
-  """``c_n`` of the module docstring: the coefficient of ``p_n`` that the z-loss (under the loss's
-  cotangent ``g``) and a cotangent ``g_lse`` on the returned lse add to ``alpha_n``; None if
-  neither applies."""
+def lse_terms(lse, kept, z_loss, z_g, g_lse):
+  """``c_n`` of the module docstring from per-row z-loss cotangents ``z_g`` (``r^z_n``) and an lse
+  cotangent ``g_lse`` (either None); None if neither applies."""
   extra = None
-  if z_loss:
-    r = row_cotangent(g.astype(lse.dtype), lse.shape, count, reduction)
-    extra = jnp.where(kept, (2.0 * z_loss) * lse * r, 0.0)
+  if z_g is not None and z_loss:
+    extra = jnp.where(kept, (2.0 * z_loss) * lse * z_g, 0.0)
   if g_lse is not None:
     g_lse = g_lse.astype(lse.dtype)
     extra = g_lse if extra is None else extra + g_lse
   return extra
+
+
+def lse_coefficient(g, lse, kept, z_loss, count, reduction, g_lse):
+  """:func:`lse_terms` under the loss's cotangent ``g``: the z-loss's row cotangents are ``g``
+  (none, sum) or ``g / count`` (mean)."""
+  z_g = row_cotangent(g.astype(lse.dtype), lse.shape, count, reduction) if z_loss else None
+  return lse_terms(lse, kept, z_loss, z_g, g_lse)

@@ -925,3 +925,31 @@ def test_training_options_sharded_match_unsharded(op, reduction):
   np.testing.assert_array_equal(out[1].argmax, ref[1].argmax)
   for i, (a, b) in enumerate(zip(grads, ref_grads)):
     assert_close(a, b, "float32", f"grad {i}")
+
+
+def test_plain_jit_explicit_mesh_returns_the_in_pass_outputs():
+  """On an Explicit mesh the ops open the shard_map themselves: the LossAux comes back laid out
+  (per-row outputs over the rows, accuracy and a reduced z-loss replicated) and equal to the
+  unsharded op's, with z-loss and soft-cap, for both ops."""
+  mesh = make_mesh()
+  x, y = logits(N, C) * 3, labels_for(ignore=-100)
+  xs, w, b, ys, _ = lce_arrays()
+  kw = dict(ignore_index=-100, z_loss=0.01, logit_softcap=4.0, return_lse=True,
+            return_argmax=True, return_accuracy=True, return_z_loss=True)
+
+  def both(x, y, xs, w, ys):
+    return (jaxsoftmax.cross_entropy(x, y, **kw),
+            jaxsoftmax.linear_cross_entropy(xs, w, ys, chunk_size=4, **kw))
+
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in (
+        (x, P("dp", "tp")), (y, P("dp")), (xs, P("dp", None)), (w, P(None, "tp")),
+        (ys, P("dp")))]
+    got = jax.block_until_ready(jax.jit(both)(*placed))
+    assert jax.typeof(got[0][1].lse).sharding.spec == P("dp")
+  expected = both(*map(jnp.asarray, (x, y, xs, w, ys)))
+  for (loss, aux), (e_loss, e_aux) in zip(got, expected):
+    assert_close(loss, e_loss, "float32", "loss")
+    for name in ("lse", "accuracy", "z_loss"):
+      assert_close(getattr(aux, name), getattr(e_aux, name), "float32", name)
+    np.testing.assert_array_equal(aux.argmax, e_aux.argmax)
