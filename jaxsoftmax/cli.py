@@ -1,5 +1,5 @@
 """The ``jaxsoftmax`` command: argument parsing only. ``parity`` runs the grid against torch
-(:mod:`jaxsoftmax.parity.report`), ``train`` a tutorial classifier
+(:mod:`jaxsoftmax.parity.grid_report`), ``train`` a tutorial classifier
 (:mod:`jaxsoftmax.tutorial.command`), ``bench`` jaxsoftmax beside its peers
 (:mod:`jaxsoftmax.bench.command`). Each command's module is imported only when it runs."""
 
@@ -12,9 +12,9 @@ from rich.console import Console
 
 
 def _parity(args: argparse.Namespace, console: Console) -> int:
-  from jaxsoftmax.parity import report  # noqa: PLC0415
+  from jaxsoftmax.parity import grid_report  # noqa: PLC0415
 
-  return report.run_grid(console, out=args.out, ops=args.ops, dtypes=args.dtypes,
+  return grid_report.run_grid(console, out=args.out, ops=args.ops, dtypes=args.dtypes,
                          devices=args.devices, implementation=args.implementation)
 
 

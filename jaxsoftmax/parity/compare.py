@@ -42,7 +42,13 @@ def tolerance(dtype) -> Tolerance:
 
 @dataclasses.dataclass
 class Comparison:
-  """How ``actual`` differs from ``expected``; ``ok`` is the verdict."""
+  """How ``actual`` differs from ``expected``; ``ok`` is the verdict.
+
+  ``first`` holds the first mismatching entries in index order and ``worst`` the ones furthest
+  beyond tolerance, each as ``(index, actual, expected)``. With a float64 anchor (see
+  :func:`jaxsoftmax.parity.compare_functions`), ``anchor_error`` and ``reference_anchor_error``
+  are the largest distances of the two sides from the float64 answer.
+  """
 
   name: str
   ok: bool
@@ -51,26 +57,58 @@ class Comparison:
   mismatches: int = 0
   nan_mismatches: int = 0
   inf_mismatches: int = 0
-  first: list = dataclasses.field(default_factory=list)  # [(index, actual, expected)]
+  first: list = dataclasses.field(default_factory=list)
   problem: str = ""
+  kind: str = ""
+  dtype: str = ""
+  rtol: float | None = None
+  atol: float | None = None
+  size: int = 0
+  worst: list = dataclasses.field(default_factory=list)
+  anchor_error: float | None = None
+  reference_anchor_error: float | None = None
+  note: str = ""
+
+  @property
+  def label(self) -> str:
+    return f"{self.kind} {self.name}" if self.kind else self.name
 
   def report(self) -> str:
     if self.problem:
-      return f"{self.name}: {self.problem}"
-    lines = [f"{self.name}: {self.mismatches} value, {self.nan_mismatches} NaN and "
-             f"{self.inf_mismatches} inf mismatches; max abs err {self.max_abs:.3g}, "
-             f"max rel err {self.max_rel:.3g}"]
-    lines += [f"  at {idx}: actual {a!r}, expected {e!r}" for idx, a, e in self.first]
+      return f"{self.label}: {self.problem}"
+    tol = (f" (dtype {self.dtype}: rtol={self.rtol:g}, atol={self.atol:g})"
+           if self.rtol is not None else "")
+    lines = [f"{self.label}: {self.mismatches} of {self.size} values, {self.nan_mismatches} NaN "
+             f"and {self.inf_mismatches} inf mismatches; max abs err {self.max_abs:.3g}, "
+             f"max rel err {self.max_rel:.3g}{tol}"]
+    if self.anchor_error is not None:
+      lines.append(f"  float64 anchor: this side is {self.anchor_error:.3g} from the float64 "
+                   f"answer, the reference {self.reference_anchor_error:.3g}")
+    if self.note:
+      lines.append(f"  {self.note}")
+    shown = self.worst or self.first
+    lines += [f"  at {idx}: actual {a!r}, expected {e!r}" for idx, a, e in shown]
     return "\n".join(lines)
 
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["first"] = [[list(i), a, e] for i, a, e in self.first]
+    out["worst"] = [[list(i), a, e] for i, a, e in self.worst]
+    return out
 
-def compare(actual, expected, dtype, name: str = "value", max_shown: int = 5) -> Comparison:
-  """Compares two arrays with the tolerance of ``dtype``, after upcasting both to float64."""
-  tol = tolerance(dtype)
+
+def compare(actual, expected, dtype, name: str = "value", max_shown: int = 5, *,
+            tol: Tolerance | None = None, kind: str = "") -> Comparison:
+  """Compares two arrays with the tolerance of ``dtype`` (or ``tol``), after upcasting both to
+  float64: ``|actual - expected| <= atol + rtol |expected|`` where both are finite, and the same
+  NaN and +/-inf entries."""
+  tol = tol or tolerance(dtype)
+  dtype = dtype if isinstance(dtype, str) else np.dtype(dtype).name
   a = np.asarray(actual)
   e = np.asarray(expected)
   if a.shape != e.shape:
-    return Comparison(name, False, problem=f"shape {a.shape} != expected {e.shape}")
+    return Comparison(name, False, problem=f"shape {a.shape} != expected {e.shape}", kind=kind,
+                      dtype=dtype, rtol=tol.rtol, atol=tol.atol)
   a = a.astype(np.float64)
   e = e.astype(np.float64)
   a_nan, e_nan = np.isnan(a), np.isnan(e)
@@ -79,16 +117,27 @@ def compare(actual, expected, dtype, name: str = "value", max_shown: int = 5) ->
   inf_bad = (a_inf != e_inf) | (a_inf & e_inf & (np.sign(a) != np.sign(e)))
   finite = np.isfinite(a) & np.isfinite(e)
   diff = np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0))
-  value_bad = finite & (diff > tol.atol + tol.rtol * np.abs(e))
+  allowed = tol.atol + tol.rtol * np.abs(np.where(finite, e, 0.0))
+  value_bad = finite & (diff > allowed)
   with np.errstate(divide="ignore", invalid="ignore"):
     rel = np.where(finite & (e != 0), diff / np.abs(e), 0.0)
   bad = value_bad | nan_bad | inf_bad
-  first = [(tuple(int(i) for i in idx), a[tuple(idx)].item(), e[tuple(idx)].item())
-           for idx in np.argwhere(bad)[:max_shown]]
+
+  def entry(idx):
+    idx = tuple(int(i) for i in idx)
+    return idx, a[idx].item(), e[idx].item()
+
+  first = [entry(idx) for idx in np.argwhere(bad)[:max_shown]]
+  worst = []
+  if bad.any():  # NaN/inf mismatches first, then the largest excess over tolerance
+    excess = np.where(nan_bad | inf_bad, np.inf, np.where(value_bad, diff - allowed, -np.inf))
+    order = np.argsort(-excess, axis=None, kind="stable")[:min(max_shown, int(bad.sum()))]
+    worst = [entry(np.unravel_index(i, a.shape)) for i in order]
   return Comparison(
       name, not bad.any(), max_abs=float(diff.max(initial=0.0)), max_rel=float(rel.max(initial=0.0)),
       mismatches=int(value_bad.sum()), nan_mismatches=int(nan_bad.sum()),
-      inf_mismatches=int(inf_bad.sum()), first=first)
+      inf_mismatches=int(inf_bad.sum()), first=first, kind=kind, dtype=dtype, rtol=tol.rtol,
+      atol=tol.atol, size=int(a.size), worst=worst)
 
 
 def assert_close(actual, expected, dtype, name: str = "value") -> None:
