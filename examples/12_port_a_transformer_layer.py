@@ -69,24 +69,32 @@ class EncoderLayer(nnx.Module):
 
 # torch keeps the packed q/k/v projection as two tensors on MultiheadAttention itself.
 RENAME = [(r"self_attn\.in_proj_(weight|bias)", r"self_attn.in_proj.\1")]
+SLIPS = {
+    "faithful port": {},
+    "slip: norm2 keeps Flax's LayerNorm eps 1e-6": {"norm2_eps": 1e-6},
+    "slip: attention scores not scaled by 1/sqrt(head dim)": {"scale": False},
+}
 
 
-def compare(port: EncoderLayer, torch_layer, x):
-  return parity.compare_modules(port, torch_layer, x, names=["x"], rename=RENAME)
+def make_pair(**slip) -> parity.Pair:
+  """torch's layer (seeded), the NNX port (with an optional slip) and a batch, for
+  ``jaxsoftmax parity --pair examples/12_port_a_transformer_layer.py:make_pair``."""
+  torch.manual_seed(0)
+  torch_layer = torch.nn.TransformerEncoderLayer(D_MODEL, HEADS, FFN, batch_first=True)
+  port = EncoderLayer(D_MODEL, HEADS, FFN, rngs=nnx.Rngs(0), **slip)
+  x = np.random.default_rng(0).standard_normal((BATCH, LENGTH, D_MODEL)).astype(np.float32)
+  return parity.Pair(port, torch_layer, (x,), {"names": ["x"], "rename": RENAME})
+
+
+def make_slipped_pair() -> parity.Pair:
+  """The eps slip, for ``--pair examples/12_port_a_transformer_layer.py:make_slipped_pair``."""
+  return make_pair(norm2_eps=1e-6)
 
 
 def main():
-  torch.manual_seed(0)
-  torch_layer = torch.nn.TransformerEncoderLayer(D_MODEL, HEADS, FFN, batch_first=True)
-  x = np.random.default_rng(0).standard_normal((BATCH, LENGTH, D_MODEL)).astype(np.float32)
-  variants = {
-      "faithful port": {},
-      "slip: norm2 keeps Flax's LayerNorm eps 1e-6": {"norm2_eps": 1e-6},
-      "slip: attention scores not scaled by 1/sqrt(head dim)": {"scale": False},
-  }
-  for label, slip in variants.items():
-    port = EncoderLayer(D_MODEL, HEADS, FFN, rngs=nnx.Rngs(0), **slip)
-    report = compare(port, torch_layer, x)
+  for label, slip in SLIPS.items():
+    pair = make_pair(**slip)
+    report = parity.compare_modules(pair.jax, pair.torch, *pair.inputs, **pair.options)
     report.title = f"{label}: {report.title}"
     print(report.markdown())
     first = report.first_divergence

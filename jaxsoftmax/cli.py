@@ -1,5 +1,6 @@
 """The ``jaxsoftmax`` command: argument parsing only. ``parity`` runs the grid against torch
-(:mod:`jaxsoftmax.parity.grid_report`), ``train`` a tutorial classifier
+(:mod:`jaxsoftmax.parity.grid_report`) or a user's port (``--pair``, :mod:`jaxsoftmax.parity.pairs`),
+``train`` a tutorial classifier
 (:mod:`jaxsoftmax.tutorial.command`), ``bench`` jaxsoftmax beside its peers
 (:mod:`jaxsoftmax.bench.command`). Each command's module is imported only when it runs."""
 
@@ -12,6 +13,10 @@ from rich.console import Console
 
 
 def _parity(args: argparse.Namespace, console: Console) -> int:
+  if args.pair:
+    from jaxsoftmax.parity import pairs  # noqa: PLC0415
+
+    return pairs.run_pair(console, args.pair, out=args.out, devices=args.devices)
   from jaxsoftmax.parity import grid_report  # noqa: PLC0415
 
   return grid_report.run_grid(console, out=args.out, ops=args.ops, dtypes=args.dtypes,
@@ -43,8 +48,14 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="jaxsoftmax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("parity", help="compare every op with torch over the op x dtype grid")
-  p.add_argument("--out", default="parity-report", help="directory for parity.json and parity.md")
+  p = sub.add_parser("parity", help="compare every op with torch over the op x dtype grid, or "
+                                      "a port of your own with --pair")
+  p.add_argument("--out", default="parity-report",
+                 help="directory for parity.{json,md} (or pair.{json,md} with --pair)")
+  p.add_argument("--pair", metavar="FILE.py:FACTORY",
+                 help="compare your own JAX port with its torch original instead: FACTORY() "
+                      "returns parity.Pair(jax, torch, inputs, options); run on every device "
+                      "present (README, 'Test your own port')")
   from jaxsoftmax.parity import grid, ops  # noqa: PLC0415 - the grid's names, for --help
 
   p.add_argument("--ops", nargs="+", choices=sorted(ops.OPS), metavar="OP",

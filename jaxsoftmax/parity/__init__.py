@@ -25,11 +25,12 @@ from jaxsoftmax.parity.compare import tolerance as tolerance
 from jaxsoftmax.parity.functions import compare_functions as compare_functions
 from jaxsoftmax.parity.functions import layout_permutation as layout_permutation
 from jaxsoftmax.parity.modules import compare_modules as compare_modules
+from jaxsoftmax.parity.pairs import Pair as Pair
 from jaxsoftmax.parity.report import LayerCheck as LayerCheck
 from jaxsoftmax.parity.report import ParityReport as ParityReport
 from jaxsoftmax.parity.training import compare_training as compare_training
 from jaxsoftmax.parity.weights import WeightMappingError as WeightMappingError
 
 __all__ = ["TOLERANCES", "Comparison", "Tolerance", "assert_close", "compare", "tolerance",
-           "compare_functions", "layout_permutation", "compare_modules", "LayerCheck",
+           "compare_functions", "layout_permutation", "compare_modules", "Pair", "LayerCheck",
            "ParityReport", "compare_training", "WeightMappingError"]

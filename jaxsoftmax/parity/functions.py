@@ -127,8 +127,10 @@ def _cast_numpy(value: np.ndarray, dtype: str) -> np.ndarray:
   if dtype == "bfloat16":
     import ml_dtypes  # noqa: PLC0415 - a dependency of jax
 
-    return value.astype(ml_dtypes.bfloat16)
-  return value.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+      return value.astype(ml_dtypes.bfloat16)
+  with np.errstate(over="ignore", invalid="ignore"):  # beyond the dtype's range: inf, as torch
+    return value.astype(dtype)
 
 
 def _torch_side(torch_fn, arg_trees, names, leaves, diff, cot_of, device, cast=None):
@@ -142,6 +144,8 @@ def _torch_side(torch_fn, arg_trees, names, leaves, diff, cot_of, device, cast=N
       tensors[path] = value
       continue
     dtype = getattr(torch, cast) if cast and _is_float(value) else None
+    if np.issubdtype(value.dtype, np.integer):
+      dtype = torch.int64  # torch's index dtype: targets, indices and lengths all want it
     tensors[path] = torch_copy(value, dtype, device)
     if path in diff:
       tensors[path].requires_grad_(True)
@@ -151,7 +155,8 @@ def _torch_side(torch_fn, arg_trees, names, leaves, diff, cot_of, device, cast=N
   flat = trees.flatten(out, "out")
   grads = dict.fromkeys(diff)
   wanted = [(p, v) for p, v in flat.items()
-            if hasattr(v, "requires_grad") and v.requires_grad and cot_of(p) is not None]
+            if hasattr(v, "requires_grad") and v.requires_grad and cot_of(p) is not None
+            and tuple(cot_of(p).shape) == tuple(v.shape)]  # other shapes fail the forward
   if diff and wanted:
     found = torch.autograd.grad(
         [v for _, v in wanted],
@@ -192,7 +197,7 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
                       output_layouts: Mapping | None = None, seed: int = 0,
                       jax_device=None, torch_device: str | None = None,
                       check_dtype: bool = True, torch_dtype: str | None = None,
-                      matmul_precision: str | None = "highest",
+                      x64: bool | None = None, matmul_precision: str | None = "highest",
                       title: str | None = None) -> ParityReport:
   """Runs ``jax_fn(*inputs)`` and ``torch_fn(*inputs)`` on copies of the same inputs and compares
   outputs and gradients leaf by leaf.
@@ -216,12 +221,14 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
     layouts: ``{input name or path: "NCHW->NHWC" or a permutation}``: the JAX side receives the
       input transposed; its gradient is transposed back before comparing.
     output_layouts: the same for outputs (paths ``out``, ``out[0]``, ``out['logits']``...).
-    seed: the cotangents' random seed.
+    seed: the cotangents' random seed (or a ``numpy.random.Generator``). Integer inputs reach
+      torch as int64, its index dtype.
     jax_device: a JAX device (default: the first); torch_device: ``"cpu"``/``"cuda"`` (default:
       CUDA beside a GPU when torch has it).
     check_dtype: a dtype that differs between the sides fails the leaf.
     torch_dtype: run torch with its floating inputs cast to this dtype and round its results to
       the JAX side's dtype (the grid's policy for half precision).
+    x64: run JAX with ``jax_enable_x64`` on or off (default: on when an input is float64).
     matmul_precision: JAX's matmul precision while the port runs; torch's TF32 is switched off
       for the call, so float32 means float32 on both sides.
 
@@ -253,7 +260,8 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
   in_perms = _layouts(layouts, set(names) | set(leaves), "layouts")
   jax_device = jax_device or jax.devices()[0]
   torch_device = torch_device or torch_device_for(jax_device)
-  x64 = any(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in leaves.values())
+  if x64 is None:
+    x64 = any(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in leaves.values())
 
   # The JAX side: forward once for every output, then a VJP over the floating ones.
   with contextlib.ExitStack() as stack:
@@ -268,22 +276,36 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
       args = [trees.map_leaves(lambda p, _: values[p], t, n) for t, n in zip(inputs, names)]
       return trees.flatten(jax_fn(*args), "out")
 
-    out = call(arrays)
+    # One trace gives every output and the VJP: the floating outputs are the primal outputs,
+    # the others (integer arrays, Python values, None) ride along.
+    vjp = None
+    if diff:
+      kept = {}
+
+      def floating(*diff_values):
+        result = call({**arrays, **dict(zip(diff, diff_values))})
+        kept["paths"] = list(result)
+        float_paths = [p for p, v in result.items() if _is_float(v)]
+        kept["float"] = float_paths
+        kept["plain"] = {p: v for p, v in result.items() if not trees.is_array(v)}
+        return ([result[p] for p in float_paths],
+                {p: v for p, v in result.items() if trees.is_array(v) and p not in float_paths})
+
+      primal, vjp, others = jax.vjp(floating, *[arrays[p] for p in diff], has_aux=True)
+      values = {**dict(zip(kept["float"], primal)), **others, **kept["plain"]}
+      out = {p: values[p] for p in kept["paths"]}
+    else:
+      out = call(arrays)
     out_perms = _layouts(output_layouts, {"out"} | set(out), "output_layouts")
     jax_out = {p: np.asarray(_permute(np.asarray(v), _inverse(perm)))
                if trees.is_array(v) and (perm := _leaf_perm(p, out_perms)) is not None
                else (np.asarray(v) if trees.is_array(v) else v) for p, v in out.items()}
     float_out = [p for p, v in out.items() if _is_float(v)]
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     cots = {p: _cast_numpy(rng.standard_normal(jax_out[p].shape), jax_out[p].dtype.name)
             for p in float_out}
     jax_grads = {}
-    if diff and float_out:
-      def floating(*diff_values):
-        result = call({**arrays, **dict(zip(diff, diff_values))})
-        return [result[p] for p in float_out]
-
-      _, vjp = jax.vjp(floating, *[arrays[p] for p in diff])
+    if vjp is not None and float_out:
       found = vjp([jax.device_put(_permute(cots[p], _leaf_perm(p, out_perms)), jax_device)
                    for p in float_out])
       jax_grads = {p: _permute(np.asarray(g), _inverse(perm)) if (
@@ -302,7 +324,8 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
 
   report = ParityReport(title or f"{getattr(jax_fn, '__name__', 'jax_fn')} vs "
                                  f"{getattr(torch_fn, '__name__', 'torch_fn')}")
-  report.meta = {"devices": f"JAX {jax_device} · torch {torch_device}", "seed": seed,
+  report.meta = {"devices": f"JAX {jax_device} · torch {torch_device}",
+                 "seed": seed if isinstance(seed, int) else "generator",
                  "anchor": anchor or "none", "jax": jax.__version__, "torch": torch.__version__}
   missing, extra = sorted(set(t_out) - set(jax_out)), sorted(set(jax_out) - set(t_out))
   if missing or extra:
@@ -332,7 +355,12 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
   for path in [p for p in t_out if p in jax_out]:
     report.checks.append(check("output", path, jax_out[path], t_out[path],
                                None if exact_out is None else exact_out.get(path)))
-  for path in diff:
+  reshaped = [p for p in float_out if p in t_out and trees.is_array(t_out[p])
+              and np.shape(t_out[p]) != jax_out[p].shape]
+  if reshaped:
+    report.notes.append(f"gradients not compared: outputs {reshaped} differ in shape, so the "
+                        "two sides cannot take the same cotangent")
+  for path in [] if reshaped else diff:
     mine = jax_grads.get(path)
     theirs = t_grads.get(path)
     if mine is None and theirs is None:

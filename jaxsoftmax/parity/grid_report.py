@@ -37,8 +37,8 @@ def summarise(results: list[runner.CaseResult]) -> list[dict]:
     groups[(r.case.op, r.case.dtype, r.platform)].append(r)
   rows = []
   for (op, dtype, device), rs in groups.items():
-    fwd = [c for r in rs for c in r.comparisons if c.name == "forward"]
-    grad = [c for r in rs for c in r.comparisons if c.name.startswith("grad")]
+    fwd = [c for r in rs for c in r.comparisons if c.kind == "output"]
+    grad = [c for r in rs for c in r.comparisons if c.kind == "grad"]
     failed = [r for r in rs if not r.ok]
     rows.append({
         "op": op, "dtype": dtype, "device": device, "cases": len(rs),

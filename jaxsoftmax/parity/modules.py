@@ -136,9 +136,11 @@ def _localise(report: ParityReport, side: JaxSide, torch_model, run_torch, torch
         f"output does not (max abs err {first.output.max_abs:.3g}, max rel err "
         f"{first.output.max_rel:.3g}; {first.output.dtype} {tol})")
   elif any(not layer.output.ok for layer in report.layers):
-    off = next(layer for layer in report.layers if not layer.output.ok)
-    report.divergence = (f"divergence begins before `{off.torch_name}`, outside the compared "
-                         f"submodules: its input already differs")
+    at = next(i for i, layer in enumerate(report.layers) if not layer.output.ok)
+    off = report.layers[at]
+    after = f"after `{report.layers[at - 1].torch_name}` (whose output agrees) and " if at else ""
+    report.divergence = (f"divergence begins {after}before `{off.torch_name}` (whose input "
+                         "already differs): in code outside the compared submodules")
   elif report.layers and not report.passed:
     report.divergence = (f"every compared submodule agrees in the forward pass (last: "
                          f"`{report.layers[-1].torch_name}`): the difference is in code after it, "

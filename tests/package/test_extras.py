@@ -34,6 +34,10 @@ print(nn.CrossEntropyLoss()(jnp.ones((2, 3)), jnp.array([0, 1])))
 from jaxsoftmax import cli
 from jaxsoftmax.parity import grid, runner
 assert runner.run_case(grid.Case("softmax", "float32", (3, 5), (("dim", 1),))).ok
+import numpy as np, torch, jax.numpy as jnp
+from jaxsoftmax import parity
+from jaxsoftmax.parity import training, plugin
+parity.compare_functions(jnp.tanh, torch.tanh, np.ones((2, 3), np.float32)).assert_passed()
 """,
     "tutorial": """
 import tempfile
