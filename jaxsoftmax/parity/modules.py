@@ -203,12 +203,10 @@ def compare_modules(jax_model, torch_model, *inputs, params=None, weights: str =
     buffers_in = {link.torch_name: numpy_copy(tensors[link.torch_name])
                   for link in links if link.buffer}
     names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
-    by_torch = {link.torch_name: link for link in links}
-
     def jax_fn(params, buffers, *xs):
-      values = {by_torch[t].jax_name: by_torch[t].to_jax(v)
-                for t, v in {**params, **buffers}.items()}
-      return side.apply(values, *xs)
+      given = {**params, **buffers}  # a torch tensor tied to two JAX parameters feeds both
+      return side.apply({link.jax_name: link.to_jax(given[link.torch_name]) for link in links},
+                        *xs)
 
     def torch_fn(params, buffers, *xs):
       return torch.func.functional_call(torch_model, {**params, **buffers}, tuple(xs))

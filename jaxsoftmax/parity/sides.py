@@ -3,9 +3,10 @@
 :func:`jax_side` wraps a Flax NNX module, a Flax Linen module with its variables, or a plain
 ``fn(params, *inputs)`` callable with its params, behind one interface: parameter names and
 shapes, a pure ``apply(values, *inputs)``, loading values (copies), and capturing each
-submodule's input and output in execution order (NNX: every submodule; Linen: every module's
-``__call__`` via ``nn.intercept_methods``; a callable: the ``intermediates`` function the user
-names).
+submodule's input and output in execution order (NNX: every submodule, each wrapped for the one
+call; Linen: every module's ``__call__`` via ``nn.intercept_methods``, which unlike
+``capture_intermediates`` also gives each layer's input, the half of "its input agreed, its output
+did not"; a callable: the ``intermediates`` function the user names, outputs only).
 """
 
 from __future__ import annotations

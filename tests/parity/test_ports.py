@@ -321,6 +321,63 @@ def test_modules_list_a_dropped_bias_and_bad_shapes_before_running():
     parity.compare_modules(wide, original, X)
 
 
+class TorchZoo(torch.nn.Module):
+  """Embedding, Conv1d, BatchNorm1d, ModuleList, Sequential and a head tied to the embedding."""
+
+  def __init__(self):
+    super().__init__()
+    self.embed = torch.nn.Embedding(11, 6)
+    self.conv = torch.nn.Conv1d(6, 6, kernel_size=3, padding=1)
+    self.blocks = torch.nn.ModuleList([torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)])
+    self.bn = torch.nn.BatchNorm1d(6)
+    self.mlp = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh())
+
+  def forward(self, tokens):
+    h = self.conv(self.embed(tokens).transpose(1, 2)).transpose(1, 2)
+    for block in self.blocks:
+      h = torch.relu(block(h))
+    h = self.mlp(self.bn(h.transpose(1, 2)).transpose(1, 2))
+    return h @ self.embed.weight.T  # logits through the tied embedding
+
+
+class NnxZoo(nnx.Module):
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(11, 6, rngs=rngs)
+    self.conv = nnx.Conv(6, 6, kernel_size=(3,), padding=1, rngs=rngs)
+    self.blocks = nnx.List([nnx.Linear(6, 6, rngs=rngs), nnx.Linear(6, 6, rngs=rngs)])
+    self.bn = nnx.BatchNorm(6, rngs=rngs)
+    self.mlp = nnx.Sequential(nnx.Linear(6, 6, rngs=rngs), jnp.tanh)
+    self.head = nnx.Param(jnp.zeros((11, 6)))  # the port unties it: mapped onto embed.weight
+
+  def __call__(self, tokens):
+    h = self.conv(self.embed(tokens))  # channels last throughout
+    for block in self.blocks:
+      h = jax.nn.relu(block(h))
+    return self.mlp(self.bn(h)) @ self.head[...].T
+
+
+def test_modules_map_embeddings_convs_norm_statistics_lists_sequentials_and_tied_weights():
+  torch.manual_seed(0)
+  original = TorchZoo()
+  with torch.no_grad():
+    original.bn.running_mean.uniform_(-0.5, 0.5)
+    original.bn.running_var.uniform_(0.5, 2.0)
+  tokens = np.random.default_rng(0).integers(0, 11, (2, 7))
+  port = NnxZoo(nnx.Rngs(0))
+  with pytest.raises(parity.WeightMappingError, match=r"JAX parameters with no torch match: "
+                                                      r"\['head'\]"):
+    parity.compare_modules(port, original, tokens)
+  report = parity.compare_modules(port, original, tokens, names=["tokens"],
+                                  mapping={"head": ("embed.weight", "same")})
+  report.assert_passed()
+  np.testing.assert_array_equal(port.bn.mean[...], original.bn.running_mean.numpy())
+  np.testing.assert_array_equal(port.conv.kernel[...],
+                                original.conv.weight.detach().numpy().transpose(2, 1, 0))
+  assert "grad params['embed.weight']" in [c.label for c in report.checks]
+  assert {layer.torch_name for layer in report.layers} >= {"embed", "conv", "blocks.0", "bn",
+                                                           "mlp.0"}
+
+
 def test_modules_copy_weights_both_ways_and_never_alias():
   port, original = _modules()
   parity.compare_modules(port, original, X, localize=False).assert_passed()
