@@ -127,6 +127,12 @@ def _localise(report: ParityReport, side: JaxSide, torch_model, run_torch, torch
   if unmatched:
     report.notes.append(f"torch submodules with no JAX counterpart, not compared: {unmatched}")
   first = report.first_divergence
+  off = [layer.torch_name for layer in report.layers if not layer.output.ok]
+  if report.passed:
+    if off:  # rounding that grows through a deep stack, then shrinks (a norm, a softmax)
+      report.notes.append(f"layers beyond tolerance while the outputs and gradients pass: {off} "
+                          "(intermediate rounding; not a failure)")
+    return
   if first is not None:
     tol = f"rtol={first.output.rtol:g}, atol={first.output.atol:g}"
     given = (f"its input agrees (max abs err {first.input.max_abs:.3g})" if first.input
@@ -135,13 +141,13 @@ def _localise(report: ParityReport, side: JaxSide, torch_model, run_torch, torch
         f"first divergence: torch `{first.torch_name}` / JAX `{first.jax_name}`: {given}, its "
         f"output does not (max abs err {first.output.max_abs:.3g}, max rel err "
         f"{first.output.max_rel:.3g}; {first.output.dtype} {tol})")
-  elif any(not layer.output.ok for layer in report.layers):
+  elif off:
     at = next(i for i, layer in enumerate(report.layers) if not layer.output.ok)
     off = report.layers[at]
     after = f"after `{report.layers[at - 1].torch_name}` (whose output agrees) and " if at else ""
     report.divergence = (f"divergence begins {after}before `{off.torch_name}` (whose input "
                          "already differs): in code outside the compared submodules")
-  elif report.layers and not report.passed:
+  elif report.layers:
     report.divergence = (f"every compared submodule agrees in the forward pass (last: "
                          f"`{report.layers[-1].torch_name}`): the difference is in code after it, "
                          "in a submodule with no counterpart, or in a backward pass (see the "

@@ -152,10 +152,11 @@ class ParityReport:
       lines.append(f"| {c.label} | {c.dtype} | {_num(c.max_abs)} | {_num(c.max_rel)} | "
                    f"{_num(c.rtol)} | {_num(c.atol)} | {result} |")
     if self.layers:
+      first = None if self.passed else self.first_divergence
       lines += ["", "| layer (torch) | layer (JAX) | input max abs err | output max abs err | "
                 "output |", "|---|---|---|---|---|"]
       for layer in self.layers:
-        mark = "**first divergence**" if layer is self.first_divergence else (
+        mark = "**first divergence**" if layer is first else (
             "ok" if layer.output.ok else "off")
         lines.append(f"| {layer.torch_name} | {layer.jax_name} | "
                      f"{_num(layer.input.max_abs) if layer.input else 'not captured'} | "
@@ -190,7 +191,7 @@ class ParityReport:
       layers = Table(title="layers, in torch's execution order")
       for col in ("torch", "JAX", "input err", "output err", ""):
         layers.add_column(col)
-      first = self.first_divergence
+      first = None if self.passed else self.first_divergence
       for layer in self.layers:
         mark = ("[red]first divergence[/red]" if layer is first
                 else "ok" if layer.output.ok else "[yellow]off[/yellow]")
