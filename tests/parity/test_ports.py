@@ -511,3 +511,32 @@ def test_modules_a_layer_off_tolerance_that_the_output_absorbs_is_a_note_not_a_d
   assert [layer.output.ok for layer in report.layers] == [False]
   assert not report.divergence and "not a failure" in " ".join(report.notes)
   assert "**first divergence**" not in report.markdown()
+
+
+def test_training_a_linen_port_and_a_plain_callable():
+  example = _example("14_port_a_linen_model")
+  rng = np.random.default_rng(0)
+  batches = [(rng.standard_normal((16, 8)).astype(np.float32), rng.integers(0, 3, 16))
+             for _ in range(6)]
+  torch.manual_seed(0)
+  module = example.LinenMLP()
+  variables = module.init(jax.random.key(0), jnp.asarray(X))
+  report = parity.compare_training(module, example.TorchMLP(), batches, params=variables,
+                                   rename=example.RENAME, optimizer="sgd", lr=0.1, momentum=0.9)
+  report.assert_passed()
+  assert set(report.jax_variables) == {"params", "batch_stats"}  # trained, returned
+
+  class Original(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.w = torch.nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x):
+      return torch.tanh(x @ self.w.T)
+
+  params = {"w": np.zeros((3, 8), np.float32)}
+  report = parity.compare_training(lambda p, x: jnp.tanh(x @ p["w"].T), Original(), batches,
+                                   params=params, optimizer="adamw", lr=1e-2)
+  report.assert_passed()
+  assert not np.array_equal(report.jax_variables["w"], params["w"])  # the caller's left as given
+  np.testing.assert_array_equal(params["w"], 0.0)
