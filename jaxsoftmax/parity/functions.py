@@ -144,7 +144,7 @@ def _torch_side(torch_fn, arg_trees, names, leaves, diff, cot_of, device, cast=N
       tensors[path] = value
       continue
     dtype = getattr(torch, cast) if cast and _is_float(value) else None
-    if np.issubdtype(value.dtype, np.integer):
+    if np.issubdtype(value.dtype, np.signedinteger):
       dtype = torch.int64  # torch's index dtype: targets, indices and lengths all want it
     tensors[path] = torch_copy(value, dtype, device)
     if path in diff:
@@ -221,8 +221,8 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
     layouts: ``{input name or path: "NCHW->NHWC" or a permutation}``: the JAX side receives the
       input transposed; its gradient is transposed back before comparing.
     output_layouts: the same for outputs (paths ``out``, ``out[0]``, ``out['logits']``...).
-    seed: the cotangents' random seed (or a ``numpy.random.Generator``). Integer inputs reach
-      torch as int64, its index dtype.
+    seed: the cotangents' random seed (or a ``numpy.random.Generator``). Signed integer inputs
+      reach torch as int64, its index dtype.
     jax_device: a JAX device (default: the first); torch_device: ``"cpu"``/``"cuda"`` (default:
       CUDA beside a GPU when torch has it).
     check_dtype: a dtype that differs between the sides fails the leaf.
@@ -244,8 +244,9 @@ def compare_functions(jax_fn: Callable, torch_fn: Callable, *inputs, grad=True,
     raise TypeError(f"compare_functions: jax_fn and torch_fn must be callable; got "
                     f"{type(jax_fn).__name__} and {type(torch_fn).__name__}")
   names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
-  if len(names) != len(inputs):
-    raise ArgumentError(f"names has {len(names)} entries for {len(inputs)} inputs")
+  if len(names) != len(inputs) or len(set(names)) != len(names):
+    raise ArgumentError(f"names must give each of the {len(inputs)} inputs its own name; got "
+                        f"{names}")
   tol_of = tolerance_picker(rtol, atol, tolerances)
   leaves = {}
   for tree, name in zip(inputs, names):

@@ -209,6 +209,7 @@ def compare_modules(jax_model, torch_model, *inputs, params=None, weights: str =
     buffers_in = {link.torch_name: numpy_copy(tensors[link.torch_name])
                   for link in links if link.buffer}
     names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
+
     def jax_fn(params, buffers, *xs):
       given = {**params, **buffers}  # a torch tensor tied to two JAX parameters feeds both
       return side.apply({link.jax_name: link.to_jax(given[link.torch_name]) for link in links},

@@ -195,6 +195,8 @@ def test_functions_tolerance_overrides_and_bad_arguments():
     parity.compare_functions(noisy, noisy, X, grad=["nope"])
   with pytest.raises(TypeError, match="callable"):
     parity.compare_functions(noisy, "torch.softmax", X)
+  with pytest.raises(ArgumentError, match="its own name"):
+    parity.compare_functions(lambda a, b: a, lambda a, b: a, X, X, names=["x", "x"])
 
 
 def test_reports_render_as_markdown_json_and_rich():
