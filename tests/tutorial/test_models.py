@@ -1,7 +1,6 @@
 """The Flax classifiers against their torch twins: same outputs from the same weights, strict
 round-trips, clear errors, safe loading, PyTorch's initialisation, and training parity."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
