@@ -36,7 +36,8 @@ from jaxsoftmax.parity import grid, runner
 assert runner.run_case(grid.Case("softmax", "float32", (3, 5), (("dim", 1),))).ok
 import numpy as np, torch, jax.numpy as jnp
 from jaxsoftmax import parity
-from jaxsoftmax.parity import training, plugin
+from jaxsoftmax.parity import training
+import jaxsoftmax_pytest
 parity.compare_functions(jnp.tanh, torch.tanh, np.ones((2, 3), np.float32)).assert_passed()
 """,
     "tutorial": """

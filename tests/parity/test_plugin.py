@@ -45,3 +45,10 @@ def test_fixture_and_report_across_xdist_workers(tmp_path):
   markdown = (out / "parity-report.md").read_text()
   assert "3 comparisons, 1 failed" in markdown and "`test_user_port.py::test_a_bad_port`" in markdown
   assert not (out / ".parts").exists()
+
+
+def test_loading_the_plugin_imports_neither_jaxsoftmax_nor_jax():
+  code = ("import sys, jaxsoftmax_pytest\n"
+          "assert not {'jax', 'jaxsoftmax', 'torch'} & set(sys.modules), sorted(sys.modules)\n")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert run.returncode == 0, run.stderr

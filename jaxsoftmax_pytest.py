@@ -1,4 +1,8 @@
-"""The pytest plugin (installed with the package through the ``pytest11`` entry point).
+"""jaxsoftmax's pytest plugin (installed with the package through the ``pytest11`` entry point).
+
+It is a top-level module, outside the ``jaxsoftmax`` package, so that pytest loading it in every
+run of an environment where jaxsoftmax is installed does not import JAX (2.3-2.6 s here): the
+package is imported only when a test asks for the fixture or ``--parity-report`` is given.
 
 - The ``parity`` fixture: :func:`~jaxsoftmax.parity.compare_functions`,
   :func:`~jaxsoftmax.parity.compare_modules` and :func:`~jaxsoftmax.parity.compare_training`,
