@@ -45,13 +45,11 @@ def _first_array(value):
 
 @dataclasses.dataclass
 class JaxSide:
-  kind: str
   shapes: dict[str, tuple]
   apply: Callable  # (values: {name: array}, *inputs) -> outputs
   values: Callable  # () -> {name: numpy array}
   load: Callable  # ({name: array}) -> None
   capture: Callable  # (*inputs) -> [(name, input or None, output)]
-  stats: tuple[str, ...] = ()
   variables: Callable | None = None  # () -> the Linen variables / callable's params, as loaded
 
 
@@ -114,7 +112,7 @@ def _nnx_side(model, training: bool) -> JaxSide:
         module.__class__ = cls
     return records
 
-  return JaxSide("nnx", shapes, apply, values, load, capture, tuple(s_names))
+  return JaxSide(shapes, apply, values, load, capture)
 
 
 def _linen_side(module, variables) -> JaxSide:
@@ -126,11 +124,6 @@ def _linen_side(module, variables) -> JaxSide:
                         "'batch_stats': ...} as init returns them")
   state = {"variables": variables}
   collections = [c for c in variables if c in ("params", "batch_stats")]
-  names, owner = [], {}
-  for c in collections:
-    for n in _flat(variables[c])[0]:
-      names.append(n)
-      owner[n] = c
   flat = {c: _flat(variables[c]) for c in collections}
   shapes = {}
   for c in collections:
@@ -166,7 +159,7 @@ def _linen_side(module, variables) -> JaxSide:
       module.apply(state["variables"], *inputs)
     return records
 
-  return JaxSide("linen", shapes, apply, values, load, capture, tuple(n for n in names if owner[n] != "params"), lambda: state["variables"])
+  return JaxSide(shapes, apply, values, load, capture, lambda: state["variables"])
 
 
 def _callable_side(fn, params, intermediates) -> JaxSide:
@@ -190,9 +183,9 @@ def _callable_side(fn, params, intermediates) -> JaxSide:
     return [(name, None, _first_array(value)) for name, value in found.items()]
 
   return JaxSide(
-      "callable", shapes, lambda values, *inputs: fn(build(values), *inputs),
+      shapes, lambda values, *inputs: fn(build(values), *inputs),
       lambda: {n: numpy_copy(v) for n, v in zip(names, _flat(state["params"])[1])}, load,
-      capture, (), lambda: state["params"])
+      capture, lambda: state["params"])
 
 
 def jax_side(model, params=None, intermediates=None, training: bool = False) -> JaxSide:

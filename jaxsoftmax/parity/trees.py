@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Mapping
 
-__all__ = ["flatten", "map_leaves", "structure", "is_array"]
+__all__ = ["flatten", "map_leaves", "is_array"]
 
 
 def is_array(value) -> bool:
@@ -56,16 +56,6 @@ def flatten(tree, root: str = "") -> dict[str, object]:
   for suffix, child in children:
     flat.update(flatten(child, root + suffix))
   return flat
-
-
-def structure(tree) -> str:
-  """A one-line description of the containers, for reports (``tuple[array, dict[...]]``)."""
-  children = _children(tree)
-  if children is None:
-    return "None" if tree is None else ("array" if is_array(tree) else type(tree).__name__)
-  inner = ", ".join(f"{s}: {structure(c)}" if not s.startswith("[") or isinstance(tree, Mapping)
-                    else structure(c) for s, c in children)
-  return f"{type(tree).__name__}[{inner}]"
 
 
 def map_leaves(fn: Callable[[str, object], object], tree, root: str = ""):
