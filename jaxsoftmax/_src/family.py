@@ -8,13 +8,14 @@ Algorithm: max-subtraction ("stable softmax"). For a row ``x`` and ``m = max(x)`
 which is exact in real arithmetic (the ``e^{-m}`` cancels) and never overflows: every exponent is
 ``<= 0``. float16/bfloat16 inputs are computed in float32 and rounded once, as torch does.
 
-Derivatives are ``jax.custom_vjp`` rules that keep only the output ``y`` for the backward pass
-(for float16/bfloat16 inputs, the float32 output before its final rounding, so the gradient is
-also computed in float32 and rounded once: within half an ulp of the exact one, where keeping the
-half-precision output, as torch's half kernels do, is not; benchmarks/NOTES.md has the figures):
+Derivatives are ``jax.custom_vjp`` rules. softmax keeps its output ``y``; log_softmax keeps the
+exponentials ``e = exp(x - m)`` and their row sums ``s`` (``e^y = e / s``, so its backward needs no
+``exp``). Both are kept at compute precision: for float16/bfloat16 inputs, float32, so the
+gradient is also computed in float32 and rounded once: within half an ulp of the exact one, where
+keeping the half-precision output, as torch's half kernels do, is not (benchmarks/NOTES.md):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
-          \\bar x = \\bar y - e^{y} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
+          \\bar x = \\bar y - \\frac{e}{s} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
 
 the same formulas torch's ``_softmax_backward_data`` / ``_log_softmax_backward_data`` use, so NaN and
 inf patterns agree as well as values. A ``custom_vjp`` function supports reverse mode (``grad``,
@@ -33,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
+from jaxsoftmax._src.rows import row_max, row_sum
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -46,9 +48,9 @@ __all__ = ["softmax", "log_softmax", "softmin"]
 
 
 def _max(xc, axes, where):
-  # ``initial`` keeps empty reductions defined (-inf) instead of raising, as torch returns an
+  # -inf for an empty row keeps empty reductions defined instead of raising, as torch returns an
   # empty result for softmax over a zero-length axis.
-  return jnp.max(xc, axis=axes, keepdims=True, initial=NEG_INF, where=where)
+  return row_max(xc, axes, where)
 
 
 def _keep(where, v, fill=0.0):
@@ -67,7 +69,8 @@ def _input_grad(dx, where, temperature, negate, dtype):
   return dx.astype(dtype), None  # None: the mask receives no cotangent
 
 
-# XLA backend: the residual is the output ``y`` (and the mask, when given).
+# XLA backend: softmax keeps its output ``y``, log_softmax the exponentials and their row sums
+# (and either keeps the mask, when given).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -79,7 +82,7 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
   e = _keep(where, jnp.exp(xc - _max(xc, axes, where)))
-  y = _keep(where, e / jnp.sum(e, axis=axes, keepdims=True))
+  y = _keep(where, e / row_sum(e, axes))
   # Residual: the output only, at compute precision (see the module docstring). With a mask, the
   # mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
   return y.astype(x.dtype), (y, where)
@@ -88,7 +91,7 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
 def _softmax_xla_bwd(axes, temperature, negate, res, g):
   y, where = res
   gc = _keep(where, g.astype(y.dtype))
-  dx = y * (gc - jnp.sum(gc * y, axis=axes, keepdims=True))
+  dx = y * (gc - row_sum(gc * y, axes))
   return _input_grad(dx, where, temperature, negate, g.dtype)
 
 
@@ -104,16 +107,22 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
   shifted = xc - _max(xc, axes, where)
   e = _keep(where, jnp.exp(shifted))
-  y = _keep(where, shifted - jnp.log(jnp.sum(e, axis=axes, keepdims=True)), NEG_INF)
-  # With a mask, a masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit
-  # (gradient = upstream gradient, as in torch), so the mask is kept beside the output.
-  return y.astype(x.dtype), (y, where)
+  s = row_sum(e, axes)
+  y = _keep(where, shifted - jnp.log(s), NEG_INF)
+  # Residual: the exponentials e = exp(x - m) and their row sums s, so the backward is
+  # g - e (sum g) / s with no exp of its own (e^y = e / s). Keeping y instead made the backward
+  # recompute e^y: 0.6-0.8x of jax.nn's backward on XLA:CPU, which keeps e too (benchmarks/
+  # NOTES.md, 2026-11-26). Memory: one (N, C) array at compute precision plus one per row, what
+  # the peer holds. The forward alone never builds them (XLA drops unused residuals). With a
+  # mask, a masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit
+  # (gradient = upstream gradient, as in torch): e is 0 there either way, so the mask is kept.
+  return y.astype(x.dtype), (e, s, where)
 
 
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
-  y, where = res
-  gc = _keep(where, g.astype(y.dtype))
-  dx = gc - jnp.exp(y) * jnp.sum(gc, axis=axes, keepdims=True)
+  e, s, where = res
+  gc = _keep(where, g.astype(e.dtype))
+  dx = gc + e * (-row_sum(gc, axes) / s)
   return _input_grad(dx, where, temperature, negate, g.dtype)
 
 

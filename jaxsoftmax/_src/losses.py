@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
+from jaxsoftmax._src.rows import row_max, row_sum
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
@@ -72,9 +73,9 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
   ct = checks.compute_dtype(x.dtype)
   num_classes, eps = x.shape[axis], opts.label_smoothing
   xc = x.astype(ct)
-  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
+  m = row_max(xc, axis)
   e = jnp.exp(xc - m)
-  total = jnp.sum(e, axis=axis, keepdims=True)
+  total = row_sum(e, axis, into_reduction=True)
   w_y, kept = xent.label_weights(labels, weight, opts.ignore_index, num_classes, ct)
   # lsm = (x - m) - log(total), in that order: forming m + log(total) first would round the
   # log-sum-exp at the magnitude of the logits (x = [1e4, 1e4] gave 0.69336, not log 2).
@@ -251,52 +252,59 @@ def _smoothed(targets, label_smoothing, num_classes, ct):
   return t
 
 
-def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss):
+def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, perturbed=None):
   ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
-  m = jnp.max(xc, axis=axis, keepdims=True, initial=-jnp.inf)
-  total = jnp.sum(jnp.exp(xc - m), axis=axis, keepdims=True)
+  m = row_max(xc, axis)
+  e = jnp.exp(xc - m)
+  total = row_sum(e, axis, into_reduction=True)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
   if weight is not None:
     wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
-  losses = jnp.sum(wt * xent.neg_log_softmax(xc, m, total), axis=axis)
-  rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
+  losses = jnp.squeeze(row_sum(wt * xent.neg_log_softmax(xc, m, total), axis,
+                               into_reduction=True), axis)
+  n_rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
   lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)
   z = xent.z_rows(lse, jnp.ones(lse.shape, bool), z_loss)
-  out = xent.reduce_with_z(losses, z, rows, rows, reduction).astype(x.dtype)
-  return (out, (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))), (x, targets, weight, m, total,
-                                                                      lse)
+  out = xent.reduce_with_z(losses, z, n_rows, n_rows, reduction).astype(x.dtype)
+  # Residuals: the exponentials (the backward's softmax is e / total, no exp of its own; one
+  # logits-sized array at compute precision, as optax's autodiff keeps). The logits too, but only
+  # when the targets or the class weights are differentiated: their gradients need the exact
+  # log-softmax (x - m - log total), which e cannot give back where it underflowed.
+  aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
+  keep_x = perturbed is None or perturbed[1] or (weight is not None and perturbed[2])
+  return (out, aux), (x if keep_x else None, e, targets, weight, m, total, lse)
 
 
 def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
-  x, targets, weight, m, total, lse = res
+  x, e, targets, weight, m, total, lse = res
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
-  ct = checks.compute_dtype(x.dtype)
-  num_classes = x.shape[axis]
-  xc = x.astype(ct)
-  rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
-  row_g = xent.row_cotangent(g.astype(ct), lse.shape, rows, reduction)
+  ct = e.dtype
+  num_classes = e.shape[axis]
+  n_rows = jnp.asarray(e.size // num_classes if num_classes else 0, ct)
+  row_g = xent.row_cotangent(g.astype(ct), lse.shape, n_rows, reduction)
   row_g = jnp.expand_dims(row_g, axis)
   t = _smoothed(targets, label_smoothing, num_classes, ct)
-  w_c = 1.0 if weight is None else xent.weight_along(weight, x.ndim, axis, ct)
+  w_c = 1.0 if weight is None else xent.weight_along(weight, e.ndim, axis, ct)
   wt = t * w_c
-  neg_lsm = xent.neg_log_softmax(xc, m, total)
-  p = jnp.exp(xc - m) / total
-  dx = row_g * (p * jnp.sum(wt, axis=axis, keepdims=True) - wt)
-  extra = xent.lse_coefficient(g, lse, jnp.ones(lse.shape, bool), z_loss, rows, reduction, g_lse)
+  p = e / total
+  dx = row_g * (p * row_sum(wt, axis) - wt)
+  extra = xent.lse_coefficient(g, lse, jnp.ones(lse.shape, bool), z_loss, n_rows, reduction, g_lse)
   if extra is not None:
     dx = dx + jnp.expand_dims(extra, axis) * p
-  dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
-  dweight = None
-  if weight is not None:
-    others = tuple(i for i in range(x.ndim) if i != axis)
-    dweight = jnp.sum(row_g * t * neg_lsm, axis=others).astype(weight.dtype)
-  return dx.astype(x.dtype), dtargets, dweight
+  dtargets = dweight = None
+  if x is not None:  # the targets or the weights are differentiated
+    neg_lsm = xent.neg_log_softmax(x.astype(ct), m, total)
+    dtargets = (row_g * (1.0 - label_smoothing) * w_c * neg_lsm).astype(targets.dtype)
+    if weight is not None:
+      others = tuple(i for i in range(x.ndim) if i != axis)
+      dweight = jnp.sum(row_g * t * neg_lsm, axis=others).astype(weight.dtype)
+  return dx.astype(g.dtype), dtargets, dweight
 
 
-xent.defvjp(_ce_probs, _ce_probs_fwd, _ce_probs_bwd)
+xent.defvjp(_ce_probs, _ce_probs_fwd, _ce_probs_bwd, perturbed=True)
 
 
 # ----------------------------------------------------------------------------------------------

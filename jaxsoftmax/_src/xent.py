@@ -232,11 +232,17 @@ def reduce_with_z(losses, z, denominator, count, reduction):
   return reduce(losses, denominator, "mean") + reduce(z, count, "mean")
 
 
-def defvjp(op, fwd, bwd):
+def defvjp(op, fwd, bwd, *, perturbed=False):
   """``op.defvjp(fwd, bwd)`` with symbolic zeros: ``bwd`` sees which output cotangents are zero (a
-  returned lse nobody differentiates costs no pass of its own), ``fwd`` sees plain values."""
+  returned lse nobody differentiates costs no pass of its own), ``fwd`` sees plain values. With
+  ``perturbed``, ``fwd`` also gets ``perturbed=``, a tuple saying which positional inputs are
+  being differentiated (so it keeps what only their gradients need only when they are)."""
   def fwd_values(*args):
-    return fwd(*(a.value if isinstance(a, CustomVJPPrimal) else a for a in args))
+    values = (a.value if isinstance(a, CustomVJPPrimal) else a for a in args)
+    if not perturbed:
+      return fwd(*values)
+    flags = tuple(isinstance(a, CustomVJPPrimal) and a.perturbed for a in args)
+    return fwd(*values, perturbed=flags)
   op.defvjp(fwd_values, bwd, symbolic_zeros=True)
 
 

@@ -42,13 +42,19 @@ def _ref_cross_entropy(x, labels, weight, ignore_index, eps, reduction):
 
 @pytest.mark.parametrize("fn", [jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_softmax_family_saves_only_its_output(fn, dtype):
+def test_softmax_family_keeps_one_logits_sized_array(fn, dtype):
+  """softmax / softmin keep their output; log_softmax its exponentials and their row sums (its
+  backward then needs no exp: benchmarks/NOTES.md). Either way one logits-sized array, float32
+  for half inputs (the gradient is rounded once), and nothing else but per-row values."""
   residuals = saved_residuals(fn, X.astype(dtype))
-  assert len(residuals) == 1, residuals
-  aval, source = residuals[0]
+  big = [(aval, source) for aval, source in residuals if aval.size >= X.size]
+  assert len(big) == 1, residuals
+  aval, source = big[0]
   assert aval.shape == X.shape and "output" in source
-  # float32 compute for half inputs keeps the float32 output (gradient rounded once).
   assert aval.dtype == jnp.float32
+  rows = [aval for aval, _ in residuals if aval.size < X.size]
+  assert len(rows) == (1 if fn is jaxsoftmax.log_softmax else 0), residuals
+  assert all(a.shape == X.shape[:-1] + (1,) and a.dtype == jnp.float32 for a in rows), rows
 
 
 def test_cross_entropy_keeps_at_most_one_logits_sized_array():
@@ -143,3 +149,18 @@ def test_fully_masked_rows_are_zero_not_nan():
   assert np.isneginf(np.asarray(jaxsoftmax.log_softmax(x, where=mask)[1])).all()
   grads = jax.grad(lambda v: jaxsoftmax.log_softmax(v, where=mask)[0, 0])(x)
   assert np.isfinite(grads).all() and (np.asarray(grads)[~np.asarray(mask)] == 0).all()
+
+
+def test_probability_targets_keep_the_logits_only_when_the_targets_are_differentiated():
+  """The exponentials serve the logits' gradient; the logits themselves (for the exact
+  log-softmax) are kept only when the targets' or the class weights' gradient needs them."""
+  t = jax.nn.softmax(X[::-1])
+  only_x = saved_residuals(lambda x: jaxsoftmax.cross_entropy(x, t), X)
+  assert not [s for a, s in only_x if "argument x" in s], only_x  # the logits: not kept
+  assert len([a for a, s in only_x if a.size >= X.size and "output" in s]) == 1, only_x
+  both = saved_residuals(lambda x, t: jaxsoftmax.cross_entropy(x, t), X, t)
+  assert [s for a, s in both if "argument x" in s], both
+  got = jax.grad(lambda x, t: jaxsoftmax.cross_entropy(x, t), argnums=(0, 1))(X, t)
+  want = jax.grad(lambda x, t: -(t * jax.nn.log_softmax(x)).sum(-1).mean(), argnums=(0, 1))(X, t)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)

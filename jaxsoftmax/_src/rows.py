@@ -1,0 +1,99 @@
+"""Row reductions over the class axis for the XLA formulations: max and sum, ``keepdims``.
+
+On XLA:CPU (jax 0.10) a float32 row reduction becomes a YNNPACK fusion (``ynn_fusion``). For
+rows of 2 to 10 classes that fusion is 3-20x slower than an unrolled chain of elementwise
+max / add over the classes, which XLA fuses into one vectorised, multi-threaded loop over the
+rows (softmax fwd+bwd at (65536, 2): 0.43 ms against 3-4 ms; benchmarks/NOTES.md, 2026-11-26).
+A sum that feeds a further reduction is a matrix-vector product instead (:func:`row_sum`).
+So when the program is lowered for a CPU and the reduction is over one axis of at most
+:data:`SHORT_ROW` classes, it is unrolled; otherwise (longer rows, several axes, GPU and TPU) it
+is ``jnp.max`` / ``jnp.sum``. ``lax.platform_dependent`` makes the choice when the program is
+lowered, not when it is traced, so one traced function is right on every platform.
+
+The unrolled sum adds the classes left to right: at most 9 additions, within the float32
+rounding of the tree XLA uses. The unrolled max propagates NaN as ``jnp.max`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["LONG_ROW", "SHORT_ROW", "row_max", "row_sum"]
+
+#: The longest row (in classes) that is unrolled on a CPU. Measured: rows of 2, 4 and 10 win
+#: 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
+SHORT_ROW = 10
+
+
+def _axis(x, axes: int | Sequence[int]) -> int | None:
+  """The one reduced axis (non-negative) when it is short enough to unroll, else None."""
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  if len(axes) != 1:
+    return None
+  axis = axes[0] % x.ndim
+  return axis if 0 < x.shape[axis] <= SHORT_ROW else None
+
+
+#: A single row at least this long is summed as a dot product on a CPU: as one YNNPACK fusion
+#: with its elementwise consumer, softmax's backward at (1, 262144) ran on one thread, 0.43x of
+#: jax.nn's (whose consumer is a separate, two-thread loop).
+LONG_ROW = 65536
+
+
+def _one_long_row(x, axes) -> int | None:
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  if len(axes) != 1:
+    return None
+  axis = axes[0] % x.ndim
+  return axis if x.shape[axis] >= LONG_ROW and x.size == x.shape[axis] else None
+
+
+def _unrolled(x, axis: int, combine):
+  acc = lax.slice_in_dim(x, 0, 1, axis=axis)
+  for j in range(1, x.shape[axis]):
+    acc = combine(acc, lax.slice_in_dim(x, j, j + 1, axis=axis))
+  return acc
+
+
+def _dot_sum(x, axis: int):
+  """The row sum as a matrix-vector product with ones: XLA:CPU runs it with its own dot emitter
+  (YNNPACK takes no matrix-vector dots) and never fuses it into a consumer."""
+  moved = jnp.moveaxis(x, axis, -1)
+  out = jnp.matmul(moved, jnp.ones((x.shape[axis], 1), x.dtype), precision=lax.Precision.HIGHEST)
+  return jnp.moveaxis(out, -1, axis)
+
+
+def row_max(x, axes: int | Sequence[int], where=None):
+  """``max`` over ``axes`` with ``keepdims``; ``-inf`` for an empty or fully masked row."""
+  axis = _axis(x, axes)
+  if where is not None:
+    x = jnp.where(where, x, -jnp.inf)
+  plain = lambda v: jnp.max(v, axis=axes, keepdims=True, initial=-jnp.inf)  # noqa: E731
+  if axis is None:
+    return plain(x)
+  return lax.platform_dependent(x, cpu=lambda v: _unrolled(v, axis, jnp.maximum), default=plain)
+
+
+def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False):
+  """``sum`` over ``axes`` with ``keepdims``.
+
+  Short rows on a CPU: an unrolled chain of adds, which XLA fuses into the elementwise consumers
+  of the sum (softmax's division). Where the consumer is itself a reduction (a loss summed over
+  the batch: ``into_reduction=True``), XLA would hand that reduction to YNNPACK, which swallows
+  the adds and leaves every column's slice as a kernel of its own (cross_entropy's forward at
+  (65536, 10): 3x slower than optax); there the sum is a matrix-vector product with ones, which
+  XLA:CPU runs with its own dot emitter and fuses into nothing.
+  """
+  axis = _axis(x, axes)
+  plain = lambda v: jnp.sum(v, axis=axes, keepdims=True)  # noqa: E731
+  one = _one_long_row(x, axes)
+  if one is not None:
+    return lax.platform_dependent(x, cpu=lambda v: _dot_sum(v, one), default=plain)
+  if axis is None:
+    return plain(x)
+  short = (lambda v: _dot_sum(v, axis)) if into_reduction else (
+      lambda v: _unrolled(v, axis, jnp.add))
+  return lax.platform_dependent(x, cpu=short, default=plain)
