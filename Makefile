@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test fuzz mnist bench bench-sharded venv clean extras
+.PHONY: parity test fuzz mnist bench bench-sweep bench-sharded gpu gpu-dry-run venv clean extras
 
 # Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
 # local CPU wheel is used instead of a multi-GB CUDA build.
@@ -44,6 +44,21 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/jaxsoftmax bench --budget 6
+
+# The sweep (issue 17): jaxsoftmax against its JAX peer over rows x row lengths for every op,
+# dtype and mode, one interleaved run; JSON and heat maps in benchmarks/results/ (about 20 min).
+bench-sweep: $(STAMP)
+	$(BIN)/jaxsoftmax bench --sweep
+
+# The GPU plan, on a copy of the tree on a GPU machine with CUDA JAX, torch and pytest installed
+# and no network (nothing is installed; see tools/gpu_plan.sh): `make gpu RESULTS=DIR`.
+RESULTS ?= gpu-results
+gpu:
+	bash tools/gpu_plan.sh $(RESULTS)
+
+# The same plan on this CPU with tiny shapes, end to end (about a minute).
+gpu-dry-run: $(STAMP)
+	GPU_PLAN_DRY_RUN=1 bash tools/gpu_plan.sh $(RESULTS)-dry-run
 
 # The sharded suite: linear_cross_entropy split over 1, 2, 4, 8 host devices and dp x tp beside
 # GSPMD's x @ w + optax (README, "Sharding"); about 2 minutes here.

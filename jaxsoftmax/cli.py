@@ -35,14 +35,30 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
   from jaxsoftmax.bench import command  # noqa: PLC0415
+  from rich.markup import escape  # noqa: PLC0415
+
+  from jaxsoftmax.bench.config import OPS  # noqa: PLC0415
 
   if args.sharded:
     return command.bench_sharded(console, out=args.out, shapes=args.shapes,
                                  reps=min(args.reps, 5))
-  return command.bench(console, ops=args.ops, shapes=args.shapes, preset=args.preset,
+  if args.sweep:
+    return command.bench_sweep(console, ops=args.ops, dtypes=args.dtypes, modes=args.modes,
+                               rows=args.rows, cols=args.cols, budget=args.budget, out=args.out)
+  if args.record_defaults:
+    return command.record_defaults(console, results=args.record_defaults, kernels=args.kernels,
+                                   out=args.defaults_out)
+  ops = args.ops or list(OPS)
+  unknown = sorted(set(ops) - set(OPS))
+  if unknown:
+    console.print(escape(f"--ops {' '.join(unknown)}: only with --sweep; the benchmark takes "
+                         f"{', '.join(OPS)}"), style="red")
+    return 2
+  return command.bench(console, ops=ops, shapes=args.shapes, preset=args.preset,
                        dtypes=args.dtypes, modes=args.modes, impls=args.impls, reps=args.reps,
-                       budget=args.budget, rss=args.rss, out=args.out, overwrite=args.overwrite,
-                       append=args.append, chart_only=args.chart)
+                       budget=20.0 if args.budget is None else args.budget, rss=args.rss,
+                       out=args.out, overwrite=args.overwrite, append=args.append,
+                       chart_only=args.chart)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
   t.set_defaults(func=_train)
   from jaxsoftmax.bench.config import DTYPES, MODES, OPS, PEERS, SELF_VARIANTS  # noqa: PLC0415
   b = sub.add_parser("bench", help="time jaxsoftmax beside jax.nn, optax, tokamax and torch")
-  b.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), metavar="OP",
-                 help=f"default: all of {', '.join(OPS)}")
+  from jaxsoftmax.bench.sweep import COLS, ROWS, SWEEP_OPS  # noqa: PLC0415
+  b.add_argument("--ops", nargs="+", choices=list(dict.fromkeys(OPS + SWEEP_OPS)), metavar="OP",
+                 help=f"default: all of {', '.join(OPS)}; with --sweep all of "
+                      f"{', '.join(SWEEP_OPS)}")
   b.add_argument("--shapes", nargs="+", metavar="NxV|NxDxV",
                  help="override the default shapes (NxV for the softmax family and "
                       "cross_entropy, NxDxV for linear_cross_entropy)")
@@ -101,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 | set(SELF_VARIANTS)),
                  help="only these peers beside jaxsoftmax (default: all that run here)")
   b.add_argument("--reps", type=int, default=15, help="timed calls per provider (at most)")
-  b.add_argument("--budget", type=float, default=20.0,
-                 help="seconds of timed calls per configuration; slow ones get fewer reps (>= 3)")
+  b.add_argument("--budget", type=float, default=None,
+                 help="seconds of timed calls per configuration; slow ones get fewer reps (>= 3) "
+                      "(default 20, with --sweep 0.4)")
   b.add_argument("--rss", choices=("none", "linear", "all"), default="linear",
                  help="peak RSS of a subprocess per provider: none, linear_cross_entropy only, all")
   b.add_argument("--out", default="benchmarks/results", help="directory for the JSON and PNG")
@@ -116,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
                       "collectives, time); --shapes takes one NxDxV (default 4096x256x32768)")
   b.add_argument("--append", action="store_true",
                  help="merge the rows into today's results file (split a long run into commands)")
+  b.add_argument("--sweep", action="store_true",
+                 help="the sweep instead: jaxsoftmax against its JAX peer (jax.nn, optax, "
+                      "x @ w + optax) over --rows x --cols for every op, dtype and mode, "
+                      "interleaved in one process; writes sweep-<device>-<date>.json and one "
+                      "ratio heat map per dtype")
+  b.add_argument("--rows", nargs="+", type=int, default=None, metavar="N",
+                 help=f"--sweep's row counts (default {' '.join(map(str, ROWS))})")
+  b.add_argument("--cols", nargs="+", type=int, default=None, metavar="V",
+                 help=f"--sweep's row lengths (default {' '.join(map(str, COLS))}; shapes over "
+                      "2^25 elements are left out)")
+  b.add_argument("--record-defaults", metavar="RESULTS.json",
+                 help="write the kernel default table from a results file of this device's "
+                      "benchmark (the kernels beside jaxsoftmax[xla]) and --kernels, the junit XML "
+                      "of its compiled-kernel tests (README, 'Kernel defaults')")
+  b.add_argument("--kernels", metavar="JUNIT.xml",
+                 help="with --record-defaults: the compiled-kernel tests' junit XML")
+  b.add_argument("--defaults-out", metavar="TABLE.json", default=None,
+                 help="with --record-defaults: where to write the table (default: the package's "
+                      "own, jaxsoftmax/_src/kernels/defaults.json)")
   b.set_defaults(func=_bench)
   return parser
 

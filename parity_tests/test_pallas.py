@@ -7,10 +7,12 @@
   ``implementation="pallas"`` preferred, compared with torch by the grid's own tolerance table.
 * Lowering: every kernel, forward and backward, lowers for ``cuda`` (Triton) and ``tpu`` (Mosaic)
   from this CPU-only machine, so a GPU or TPU run does not meet a kernel the lowering refuses.
-* Dispatch: the default picks XLA on CPU and the kernels on GPU/TPU; bad requests say why.
+* Dispatch: the default picks XLA on CPU, and on a GPU/TPU only where the kernel default table
+  says the kernels won on that device; bad requests say why.
 """
 
 import functools
+import json
 import zlib
 
 import jax
@@ -22,7 +24,7 @@ import jaxsoftmax
 from jaxsoftmax import parity
 from jaxsoftmax.parity import grid, runner
 from jaxsoftmax._src import dispatch, kernels
-from jaxsoftmax._src.kernels import gpu, reference, tpu
+from jaxsoftmax._src.kernels import defaults, gpu, reference, tpu
 
 def _kernel(module, interpret):
   return lambda name, **kw: functools.partial(getattr(module, name), interpret=interpret, **kw)
@@ -238,13 +240,36 @@ def test_the_default_is_xla_on_cpu_and_pallas_on_request(monkeypatch):
   assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="xla"), x)
 
 
-def test_the_default_takes_the_kernels_on_a_gpu_and_still_runs_on_cpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+@pytest.fixture
+def kernel_table(tmp_path, monkeypatch):
+  """Makes this CPU look like a GPU called ``Test GPU`` whose kernel default table holds the
+  entries given as (op, dtype, shape class) tuples."""
+  def make(*entries, device="Test GPU", platform="gpu"):
+    table = {"schema": 1, "runs": [], "entries": [
+        {"device_kind": device, "jax": jax.__version__, "op": op, "dtype": dtype,
+         "shape_class": cls} for op, dtype, cls in entries]}
+    path = tmp_path / "defaults.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(defaults, "TABLE", path)
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    monkeypatch.setattr(dispatch, "_device_kind", lambda: "Test GPU")
+    jax.clear_caches()
+    return path
+  yield make
+  jax.clear_caches()
+
+
+def test_a_table_entry_takes_the_kernels_and_the_program_still_runs_on_cpu(kernel_table):
+  kernel_table(("softmax", "float32", "short"), ("cross_entropy", "float32", "short"))
   x = jax.random.normal(jax.random.key(0), (6, 33))
   labels = jnp.arange(6)
-  jax.clear_caches()
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
+  assert "pallas_call" in _jaxpr(jaxsoftmax.softmin, x)  # softmax's kernel, softmax's entry
   assert "pallas_call" in _jaxpr(jaxsoftmax.cross_entropy, x, labels)
+  # No entry for these: XLA.
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.log_softmax, x)
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, x.astype(jnp.bfloat16))
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, jnp.ones((6, 2048)))  # "medium"
   # Lowered for this CPU, the platform switch takes the reference branch: no interpreter.
   cpu_text = jax.jit(jaxsoftmax.softmax).trace(x).lower(lowering_platforms=("cpu",)).as_text()
   assert "pallas_call" not in cpu_text and "triton" not in cpu_text
@@ -255,7 +280,102 @@ def test_the_default_takes_the_kernels_on_a_gpu_and_still_runs_on_cpu(monkeypatc
     parity.assert_close(np.asarray(g), np.asarray(w), "float32")
   # Calls the kernels cannot take still work: they use XLA.
   assert "pallas_call" not in _jaxpr(functools.partial(jaxsoftmax.softmax, axis=0), x)
+
+
+def test_an_unknown_device_kind_or_another_jax_version_gets_xla(kernel_table, monkeypatch):
+  kernel_table(("softmax", "float32", "short"))
+  x = jnp.ones((6, 33))
+  assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, x)
+  monkeypatch.setattr(dispatch, "_device_kind", lambda: "Some Other GPU")
   jax.clear_caches()
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, x)
+  monkeypatch.setattr(dispatch, "_device_kind", lambda: "Test GPU")
+  monkeypatch.setattr(jax, "__version__", "99.1.0")  # entries hold for their JAX minor version
+  jax.clear_caches()
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, x)
+
+
+def test_an_empty_table_gives_xla_on_a_gpu(kernel_table):
+  kernel_table()
+  assert "pallas_call" not in _jaxpr(jaxsoftmax.softmax, jnp.ones((6, 33)))
+  assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
+                                 jnp.ones((6, 33)))  # forced: still taken
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"schema": 1, "entries": [{"op": 1}]}',
+                                     '{"schema": 7, "entries": []}'])
+def test_a_missing_or_corrupt_table_falls_back_to_xla_with_a_warning(kernel_table, content):
+  path = kernel_table(("softmax", "float32", "short"))
+  if content is None:
+    path.unlink()
+  else:
+    path.write_text(content)
+  with pytest.warns(defaults.KernelDefaultsWarning, match="uses XLA everywhere"):
+    text = _jaxpr(jaxsoftmax.softmax, jnp.ones((6, 33)))
+  assert "pallas_call" not in text
+
+
+def test_the_shipped_table_loads_cleanly_and_holds_only_measured_entries():
+  table = json.loads(defaults.TABLE.read_text())
+  assert defaults.load() == tuple(
+      (e["device_kind"], ".".join(e["jax"].split(".")[:2]), e["op"], e["dtype"],
+       e["shape_class"]) for e in table["entries"])
+  runs = {(r["device_kind"], ".".join(r["jax"].split(".")[:2])): r for r in table["runs"]}
+  for e in table["entries"]:  # every entry comes from a recorded run whose kernel tests passed
+    run = runs[(e["device_kind"], e["jax"])]
+    assert run["kernel_tests"]["failed"] == 0 and run["kernel_tests"]["ran"] > 0
+    assert e["worst_speedup"] >= defaults.MIN_SPEEDUP
+
+
+def _junit(*cases):
+  body = "".join(f'<testcase name="{n}">{x}</testcase>' for n, x in cases)
+  return f"<testsuites><testsuite>{body}</testsuite></testsuites>"
+
+
+def _results(rows, device="Test GPU", jax_version="0.11.2"):
+  out = []
+  for op, dtype, shape, kernel_ms, xla_ms in rows:
+    for impl, ms in (("jaxsoftmax[pallas]", kernel_ms), ("jaxsoftmax[xla]", xla_ms)):
+      out.append({"op": op, "impl": impl, "shape": list(shape), "dtype": dtype,
+                  "mode": "fwd+bwd", "status": "ok", "median_ms": ms})
+  return {"device": device, "platform": "gpu", "defaults_table": True, "rows": out,
+          "versions": {"jax": jax_version}, "timestamp": "2026-11-26T00:00:00+00:00"}
+
+
+def test_recording_keeps_a_class_only_where_the_kernels_passed_and_won_everywhere():
+  doc = _results([("softmax", "bfloat16", (4096, 32768), 0.73, 1.08),
+                  ("softmax", "bfloat16", (16384, 131072), 5.0, 6.0),
+                  ("softmax", "float32", (4096, 32768), 1.0, 1.02),   # 1.02x: noise, no entry
+                  ("softmax", "float32", (4096, 1024), 0.08, 0.10),
+                  ("softmax", "float32", (4096, 512), 0.08, 0.07)])   # one loss: no entry
+  passed = _junit(("test_kernels[float32-triton-compiled-one_pass]", ""),
+                  ("test_kernels[float32-mosaic_tpu-compiled]", "<skipped/>"))
+  table = defaults.record(doc, passed, source="x.json")
+  got = {(e["op"], e["dtype"], e["shape_class"]) for e in table["entries"]}
+  assert got == {("softmax", "bfloat16", "long")}
+  assert table["entries"][0]["jax"] == "0.11" and table["runs"][0]["kernel_tests"]["ran"] == 1
+  failed = _junit(("test_kernels[float32-triton-compiled-one_pass]",
+                   '<failure message="DeprecationWarning: deprecated"/>'))
+  table = defaults.record(doc, failed, table=table)
+  assert table["entries"] == [] and len(table["runs"]) == 1  # the same device's run replaced
+  assert table["runs"][0]["outcome"] == "1 of 1 compiled-kernel tests failed"
+  none_ran = _junit(("test_kernels[float32-triton-compiled-one_pass]", "<skipped/>"))
+  assert defaults.record(doc, none_ran)["entries"] == []
+
+
+def test_record_defaults_command_writes_a_table_the_dispatcher_reads(tmp_path, kernel_table):
+  from jaxsoftmax import cli
+  results = tmp_path / "gpu.json"
+  results.write_text(json.dumps(_results([("log_softmax", "float32", (4096, 1024), 0.08, 0.1)],
+                                         jax_version=jax.__version__)))
+  junit = tmp_path / "kernels.xml"
+  junit.write_text(_junit(("test_k[triton-compiled]", "")))
+  table = kernel_table()
+  assert cli.main(["bench", "--record-defaults", str(results), "--kernels", str(junit),
+                   "--defaults-out", str(table)]) == 0
+  jax.clear_caches()
+  assert "pallas_call" in _jaxpr(jaxsoftmax.log_softmax, jnp.ones((6, 33)))
+  assert cli.main(["bench", "--record-defaults", str(results)]) == 2  # no kernel tests: refused
 
 
 @pytest.mark.parametrize("call, message", [
@@ -371,9 +491,8 @@ def test_vmap_of_the_kernel_path_matches_xla():
   parity.assert_close(np.asarray(soft("pallas")), np.asarray(soft("xla")), "float32")
 
 
-def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  jax.clear_caches()
+def test_the_default_leaves_a_few_very_long_rows_to_xla(kernel_table):
+  kernel_table(("softmax", "float32", "long"))
   long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
   many = jax.ShapeDtypeStruct((dispatch.GPU_MIN_ROWS_TWO_PASS, gpu.ONE_PASS_MAX + 1),
                               jnp.float32)
@@ -381,16 +500,13 @@ def test_the_default_leaves_a_few_very_long_rows_to_xla(monkeypatch):
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, many)
   assert "pallas_call" in _jaxpr(functools.partial(jaxsoftmax.softmax, implementation="pallas"),
                                  long)  # asked for: taken
-  jax.clear_caches()
 
 
-def test_the_few_long_rows_rule_is_a_gpu_rule(monkeypatch):
+def test_the_few_long_rows_rule_is_a_gpu_rule(kernel_table):
   """A TPU core walks its grid in sequence, so a few long rows still take the kernels there."""
-  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-  jax.clear_caches()
+  kernel_table(("softmax", "float32", "long"), platform="tpu")
   long = jax.ShapeDtypeStruct((8, gpu.ONE_PASS_MAX + 1), jnp.float32)
   assert "pallas_call" in _jaxpr(jaxsoftmax.softmax, long)
-  jax.clear_caches()
 
 
 def test_linear_chunks_are_larger_on_accelerators():
@@ -398,6 +514,10 @@ def test_linear_chunks_are_larger_on_accelerators():
   assert default_chunk_size(8192, 32768, accelerator=False) == 256  # 32 MiB, measured on CPU
   assert default_chunk_size(8192, 131072, accelerator=True) == dispatch.GPU_MIN_ROWS_TWO_PASS
   assert default_chunk_size(100, 131072, accelerator=True) == 100
+  # The floor: a chunk streams all of w, so it has at least 128 rows (or all the rows there are).
+  from jaxsoftmax._src.linear import MIN_CHUNK_ROWS
+  assert default_chunk_size(64, 262144, accelerator=False) == 64  # one chunk: the naive logits
+  assert default_chunk_size(8192, 2**20, accelerator=False) == MIN_CHUNK_ROWS == 128
 
 
 def _loads(fn, *args):

@@ -1,35 +1,77 @@
 #!/usr/bin/env bash
-# The GPU plan as one bounded script (issue 17, item 4): every step has its own time limit and
-# writes into one results folder, so a step that runs over still leaves the others' results.
-#   bash tools/gpu_plan.sh RESULTS_DIR        (or JAXSOFTMAX_RESULTS=DIR bash tools/gpu_plan.sh)
-# Runs from a copy of the tree (PYTHONPATH=.) with CUDA JAX, torch and pytest preinstalled.
+# The GPU plan (issue 17), one command: `make gpu RESULTS=DIR`, or
+#   bash tools/gpu_plan.sh DIR          (or JAXSOFTMAX_RESULTS=DIR bash tools/gpu_plan.sh)
+# on a copy of this tree on a machine with CUDA JAX, torch and pytest preinstalled and no network:
+# nothing is installed, the package runs from the tree (PYTHONPATH=.). Every step has its own time
+# limit (under 10 minutes) and writes into DIR, so a step that runs over leaves the others' results:
+#   info            the GPU, driver, jax / torch versions
+#   kernels         the compiled-kernel, lowering and dispatch tests (junit XML), with the suite's
+#                   own settings: a warning is an error, as in a user's strict test suite
+#   parity          the parity grid, JAX on the GPU against torch on CUDA (float32, bfloat16)
+#   bandwidth       softmax / log_softmax forward over the Triton tutorial's shapes, as a fraction
+#                   of the same run's copy bandwidth
+#   bench-kernels   fwd+bwd per op, dtype and row-length class: the kernels beside our XLA path and
+#                   the peers (the rows --record-defaults reads)
+#   sweep           jaxsoftmax against its JAX peer over rows x row lengths, heat maps
+#   record-defaults the kernel default table with this device's run: DIR/defaults.json (copy it
+#                   to jaxsoftmax/_src/kernels/defaults.json and commit it with DIR's results)
+# GPU_PLAN_DRY_RUN=1 runs the same steps on this CPU with tiny shapes (the kernels interpreted),
+# so the plan is proven end to end where no GPU is (tests/bench/test_gpu_plan.py runs it).
 set -u
-OUT_DIR=${1:-${JAXSOFTMAX_RESULTS:?give the results folder as the argument or JAXSOFTMAX_RESULTS}}
-PY=${PYTHON:-python}
+OUT_DIR=${1:-${JAXSOFTMAX_RESULTS:-}}
+if [ -z "$OUT_DIR" ]; then
+  echo "usage: bash tools/gpu_plan.sh RESULTS_DIR (or JAXSOFTMAX_RESULTS=DIR)" >&2
+  exit 2
+fi
+DRY=${GPU_PLAN_DRY_RUN:-0}
+if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python}; fi
 SCALE=${GPU_PLAN_SCALE:-1}          # multiplies every step's time limit
 mkdir -p "$OUT_DIR"
+: >"$OUT_DIR/steps.txt"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 # A step that runs over its limit gets SIGABRT first, and faulthandler prints where it was.
 export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS COMMAND...: run one step under a limit, log it, record its status
+failed=0
+step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its status recorded
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   echo "== $name (limit $((limit * SCALE)) s)"
   timeout --signal=ABRT --kill-after=10 $((limit * SCALE)) "$@" >"$OUT_DIR/$name.log" 2>&1
   local rc=$?
+  [ $rc -eq 0 ] || failed=1
   echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUT_DIR/steps.txt"
-  tail -n 15 "$OUT_DIR/$name.log"
+  tail -n 12 "$OUT_DIR/$name.log"
 }
-step info 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
-  $PY -c 'import jax, jaxlib, torch; print(jax.__version__, jaxlib.__version__, jax.devices(), \
-  jax.devices()[0].device_kind, torch.__version__, torch.cuda.is_available())'"
-step kernels 120 $PY -m pytest -q -p no:cacheprovider -p no:randomly parity_tests/test_pallas.py \
-  -k "compiled or lowers or dispatch or default or torch" --junitxml="$OUT_DIR/kernels.xml"
-step bench-family 120 $PY -m jaxsoftmax.cli bench --ops softmax log_softmax \
-  --shapes 4096x1024 4096x4096 4096x12672 4096x32768 16384x131072 --dtypes float32 bfloat16 \
-  --modes fwd fwd+bwd --impls 'jaxsoftmax[xla]' jax.nn torch --rss none --budget 0.5 --out "$OUT_DIR" --append
-step bench-ce 70 $PY -m jaxsoftmax.cli bench --ops cross_entropy --shapes 8192x32768 8192x131072 \
-  --dtypes float32 bfloat16 --modes fwd+bwd --impls 'jaxsoftmax[xla]' optax torch --rss none \
-  --budget 0.5 --out "$OUT_DIR" --append
-step parity 100 $PY -m jaxsoftmax.cli parity --devices gpu --dtypes float32 bfloat16 --out "$OUT_DIR/parity-gpu"
-echo "== done"; cat "$OUT_DIR/steps.txt"
+CLI="$PY -m jaxsoftmax.cli"
+if [ "$DRY" = 1 ]; then
+  DEVICE=cpu
+  KERNEL_TESTS="dispatch or default or table or record"
+  PARITY="--ops softmax --dtypes float32"
+  BANDWIDTH="--ops softmax --shapes 64x128 --modes fwd --dtypes float32 --budget 0.2 --impls jax.nn"
+  KERNELS="--ops softmax --shapes 64x128 --dtypes float32 --budget 0.2"
+  SWEEP="--ops softmax --rows 1 64 --cols 2 128 --dtypes float32 --modes fwd+bwd --budget 0.05"
+  INFO="import jax; print('dry run on', jax.devices()[0].device_kind, jax.__version__)"
+else
+  DEVICE=gpu
+  KERNEL_TESTS="compiled or lowers or dispatch or default or table or record"
+  PARITY="--dtypes float32 bfloat16"
+  # torch.compile is left out: inductor compiles each shape for tens of seconds
+  BANDWIDTH="--preset gpu --ops softmax log_softmax --modes fwd --dtypes float32 bfloat16 --budget 2 --impls jaxsoftmax[xla] jaxsoftmax[pallas] jax.nn torch"
+  KERNELS="--ops softmax log_softmax cross_entropy --shapes 4096x1024 4096x8192 4096x32768 8192x131072 --dtypes float32 bfloat16 --budget 1"
+  SWEEP="--dtypes float32 bfloat16 --modes fwd+bwd --budget 0.2"
+  INFO="import jax, torch; d = jax.devices()[0]; print(jax.__version__, d, d.device_kind, torch.__version__, torch.cuda.is_available())"
+fi
+step info 60 bash -c "(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) ; $PY -c \"$INFO\""
+step kernels 300 $PY -m pytest -q -p no:cacheprovider parity_tests/test_pallas.py -k "$KERNEL_TESTS" \
+  --junitxml="$OUT_DIR/kernels.xml"
+step parity 540 $CLI parity --devices $DEVICE $PARITY --out "$OUT_DIR/parity"
+step bandwidth 540 $CLI bench $BANDWIDTH --rss none --out "$OUT_DIR" --append
+step bench-kernels 540 $CLI bench $KERNELS --modes fwd+bwd --rss none \
+  --impls 'jaxsoftmax[xla]' 'jaxsoftmax[pallas]' jax.nn optax --out "$OUT_DIR" --append
+step sweep 540 $CLI bench --sweep $SWEEP --out "$OUT_DIR"
+RESULTS=$(ls -t "$OUT_DIR"/*.json 2>/dev/null | grep -v -e '/sweep-' -e '/defaults.json' | head -n 1)
+step record-defaults 60 $CLI bench --record-defaults "${RESULTS:-$OUT_DIR/missing.json}" \
+  --kernels "$OUT_DIR/kernels.xml" --defaults-out "$OUT_DIR/defaults.json"
+echo "== done: $OUT_DIR"
+cat "$OUT_DIR/steps.txt"
+exit $failed

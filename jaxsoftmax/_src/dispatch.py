@@ -5,8 +5,10 @@ static facts (:class:`KernelCall`) and the platform rules into a :class:`Backend
 takes the ``custom_vjp`` written for that backend, so no gradient rule or scan body ever branches
 on the backend, and each rule keeps one residual structure.
 
-* ``None`` takes the Pallas kernels when JAX's default backend is a GPU or TPU and the kernels
-  cover the call (:func:`unsupported` is None) and the platform's rule agrees; XLA otherwise;
+* ``None`` takes the Pallas kernels only where the kernel default table
+  (:mod:`jaxsoftmax._src.kernels.defaults`) has an entry for this device kind, JAX version, op,
+  dtype and row length, recorded from a run on that hardware, and the kernels cover the call
+  (:func:`unsupported` is None) and the platform's rule agrees; XLA otherwise (always on a CPU);
 * ``"xla"``: the XLA formulation, on every platform;
 * ``"pallas"``: the kernels, or a ``ValueError`` saying why they cannot take the call. On a CPU
   they run in Pallas' interpreter (slow, exact: that is how CI tests them).
@@ -25,7 +27,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from jaxsoftmax._src.kernels import gpu
+from jaxsoftmax._src.kernels import defaults, gpu
 
 __all__ = ["Backend", "Implementation", "IMPLEMENTATIONS", "KernelCall", "check", "prefer",
            "resolve", "unsupported", "GPU_MIN_ROWS_TWO_PASS"]
@@ -124,6 +126,16 @@ def _platform_prefers_kernels(platform: str, call: KernelCall) -> bool:
   return platform == "tpu"
 
 
+def _device_kind() -> str:
+  """The default backend's device kind (e.g. ``NVIDIA H200``), the table's first key."""
+  return jax.devices()[0].device_kind
+
+
+def _measured_faster(call: KernelCall) -> bool:
+  """The kernel default table says the kernels win for this call on this device."""
+  return defaults.prefers_kernels(_device_kind(), jax.__version__, call.op, call.dtype, call.n)
+
+
 def resolve(implementation: Implementation, call: KernelCall) -> Backend:
   """The backend for ``call``; raises ValueError when ``"pallas"`` is forced on a call the
   kernels cannot take."""
@@ -140,6 +152,7 @@ def resolve(implementation: Implementation, call: KernelCall) -> Backend:
   preferred = _PREFERRED.get()
   if preferred is not None:
     return Backend.XLA if preferred == "xla" else Backend.PALLAS_INTERPRET
-  if _platform_prefers_kernels(jax.default_backend(), call):
+  platform = jax.default_backend()
+  if platform != "cpu" and _platform_prefers_kernels(platform, call) and _measured_faster(call):
     return Backend.PALLAS
   return Backend.XLA

@@ -6,12 +6,13 @@ import json
 import pathlib
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from jaxsoftmax.bench import config, measure, report
 
-__all__ = ["bench", "bench_sharded"]
+__all__ = ["bench", "bench_sharded", "bench_sweep", "record_defaults"]
 
 
 def bench_sharded(console: Console, *, out, shapes=None, reps: int = 5) -> int:
@@ -86,4 +87,69 @@ def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, 
       console.print(f"{op} {dtype}: geometric-mean speedup "
                     f"{report.geomean(u['speedup'] for u in ups if u['op'] == op):.2f}")
   console.print(f"rows written to {path} and {path.with_suffix('.png')}")
+  return 0
+
+
+def bench_sweep(console: Console, *, ops, dtypes, modes, rows, cols, budget, out) -> int:
+  """``jaxsoftmax bench --sweep``: :mod:`jaxsoftmax.bench.sweep`, its summary, JSON and heat maps."""
+  from jaxsoftmax.bench import sweep  # noqa: PLC0415
+
+  ops = ops or list(sweep.SWEEP_OPS)
+  unknown = sorted(set(ops) - set(sweep.SWEEP_OPS))
+  if unknown:
+    console.print(escape(f"--sweep has no {', '.join(unknown)}; it takes "
+                         f"{', '.join(sweep.SWEEP_OPS)}"), style="red")
+    return 2
+  if min(rows or [1]) < 1 or min(cols or [1]) < 1:
+    console.print(f"--rows and --cols must be positive; got {rows} and {cols}", style="red")
+    return 2
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, transient=True) as progress:
+    doc = sweep.run(ops, dtypes, modes, rows=rows, cols=cols,
+                    budget_s=0.4 if budget is None else budget, progress=progress)
+  path = sweep.write(doc, out)
+  s = sweep.summary(doc)
+  table = Table("op", "dtype", "mode", "shapes", "geomean", "worst", "worst shape",
+                title=f"{doc['device']}: peer time / jaxsoftmax time (> 1: jaxsoftmax faster)")
+  for g in s["groups"]:
+    table.add_row(escape(g["op"]), g["dtype"], g["mode"], str(g["n"]), f"{g['geomean']:.2f}",
+                  f"{g['worst']:.2f}", "x".join(map(str, g["worst_shape"])))
+  console.print(table)
+  verdict = "[green]passed[/green]" if s["passed"] else "[red]not passed[/red]"
+  console.print(f"{s['n']} ratios: geometric mean {s['geomean']:.3f} (target {s['target']}), "
+                f"worst {s['worst']:.3f} (floor {s['floor']}), {len(s['below_floor'])} below the "
+                f"floor: {verdict}")
+  console.print("geometric mean by mode: " + ", ".join(
+      f"{m} {g:.3f}" for m, g in s["geomean_by_mode"].items()))
+  console.print(f"wrote {path} and its heat maps")
+  return 0
+
+
+def record_defaults(console: Console, *, results, kernels, out=None) -> int:
+  """``jaxsoftmax bench --record-defaults RESULTS.json --kernels JUNIT.xml``: adds this device's
+  run to the kernel default table (the package's own unless ``out``)."""
+  from jaxsoftmax._src import files  # noqa: PLC0415
+  from jaxsoftmax._src.kernels import defaults  # noqa: PLC0415
+
+  if not kernels:
+    console.print("[red]--record-defaults needs --kernels JUNIT.xml: the compiled-kernel tests "
+                  "of the same device (a kernel that failed them is never a default)[/red]")
+    return 2
+  target = pathlib.Path(out) if out else defaults.TABLE
+  try:
+    doc = json.loads(pathlib.Path(results).read_text())
+    xml = pathlib.Path(kernels).read_text()
+    # A new file starts from the package's table, so other devices' entries carry over.
+    start = target if target.exists() else defaults.TABLE
+    old = json.loads(start.read_text()) if start.exists() else None
+    table = defaults.record(doc, xml, table=old, source=pathlib.Path(results).name)
+  except (OSError, ValueError, KeyError) as e:
+    console.print(f"[red]--record-defaults: {type(e).__name__}: {e}[/red]")
+    return 2
+  files.write_text(target, json.dumps(table, indent=1) + "\n")
+  run = table["runs"][-1]
+  console.print(f"{run['device_kind']} (jax {run['jax']}): {run['outcome']}; "
+                f"{len(table['entries'])} entries in {target}")
+  for f in run["first_failures"]:
+    console.print(f"  failed: {f}")
   return 0

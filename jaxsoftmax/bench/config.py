@@ -39,7 +39,9 @@ GPU_SHAPES = {"softmax": [(4096, n) for n in TRITON_SWEEP] + [(4096, 32768), (16
 PRESETS = {"cpu": DEFAULT_SHAPES, "gpu": GPU_SHAPES}
 # Our own other path, timed beside the default so an accelerator run shows kernel vs XLA; it is
 # never counted as a peer (on a CPU the default is XLA, so it only runs when asked for).
-SELF_VARIANTS = ("jaxsoftmax[xla]",)
+# The kernels are timed explicitly (jaxsoftmax[pallas]): the default takes them only where the
+# kernel default table says so, which these very rows decide (--record-defaults).
+SELF_VARIANTS = ("jaxsoftmax[xla]", "jaxsoftmax[pallas]")
 PEERS = {"softmax": ("jax.nn", "torch", "torch.compile"),
          "log_softmax": ("jax.nn", "torch", "torch.compile"),
          "cross_entropy": ("optax", "torch", "torch.compile"),

@@ -138,7 +138,9 @@ def run(config: Config, progress=None) -> dict:
   for op, shape, dtype in plan:
     if progress:
       progress.update(task, description=f"{op} {shape} {dtype}")
-    extra = SELF_VARIANTS if plat != "cpu" else ()
+    # Our other paths run beside the default on an accelerator; on a CPU only when asked for
+    # (--impls: the kernels there run in Pallas' interpreter, as the GPU plan's dry run does).
+    extra = SELF_VARIANTS if plat != "cpu" or config.impls is not None else ()
     impls = ("jaxsoftmax",) + tuple(p for p in extra + PEERS[op]
                                     if config.impls is None or p in config.impls)
     calls, temps, missing = {}, {}, {}
@@ -146,6 +148,10 @@ def run(config: Config, progress=None) -> dict:
       try:
         calls[impl], temps[impl] = setup(op, impl, shape, dtype, config.modes, tdevice)
       except Unavailable as e:
+        missing[impl] = str(e)
+      except ValueError as e:  # implementation="pallas" on a call the kernels cannot take
+        if impl != "jaxsoftmax[pallas]":
+          raise
         missing[impl] = str(e)
     for mode in config.modes:
       times = time_interleaved({i: c[mode] for i, c in calls.items()}, config.reps,
@@ -181,8 +187,10 @@ def run(config: Config, progress=None) -> dict:
     del calls
     if progress:
       progress.advance(task)
+  # defaults_table: the jaxsoftmax rows are the default as the kernel default table chose it;
+  # the kernels themselves are the jaxsoftmax[pallas] rows (older files have neither).
   return {"device": device, "platform": plat, "torch_device": tdevice, "copy_gbps": copy,
-          "versions": _versions(),
+          "defaults_table": True, "versions": _versions(),
           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "host": {"cpus": os.cpu_count(), "machine": platform.machine()}, "rows": rows}
 

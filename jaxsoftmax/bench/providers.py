@@ -30,8 +30,11 @@ def inputs(op: str, shape, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
             "labels": rng.integers(0, v, n).astype(np.int32)}
   n, v = shape
   out = {"x": (rng.standard_normal((n, v), np.float32) * 2)}
-  if op == "cross_entropy":
+  if op in ("cross_entropy", "nll_loss"):
     out["labels"] = rng.integers(0, v, n).astype(np.int32)
+  if op == "cross_entropy[probs]":  # soft targets: a random distribution per row, float32
+    t = rng.random((n, v), np.float32)
+    out["labels"] = t / t.sum(axis=-1, keepdims=True)
   return out
 
 
@@ -48,8 +51,10 @@ def minimal_bytes(op: str, shape, dtype: str, mode: str) -> int:
     return params + n * 4 if mode == "fwd" else 2 * params + n * 4
   n, v = shape
   nv = n * v * b
-  if op == "cross_entropy":  # fwd reads x and labels; bwd writes dx from a logits-sized residual
+  if op in ("cross_entropy", "nll_loss"):  # fwd reads x and labels; bwd writes dx
     return (nv if mode == "fwd" else 2 * nv) + n * 4
+  if op == "cross_entropy[probs]":  # the float32 targets are read too
+    return (nv if mode == "fwd" else 2 * nv) + n * v * 4
   return {"fwd": 2 * nv, "bwd": 3 * nv, "fwd+bwd": 4 * nv}[mode]
 
 
@@ -69,11 +74,27 @@ def _jax_fns(op: str, impl: str):
 
   import jaxsoftmax  # noqa: PLC0415
 
-  kw = {"implementation": "xla"} if impl == "jaxsoftmax[xla]" else {}
+  kw = {"jaxsoftmax[xla]": {"implementation": "xla"},
+        "jaxsoftmax[pallas]": {"implementation": "pallas"}}.get(impl, {})
   ours = impl in ("jaxsoftmax",) + SELF_VARIANTS
-  if op in ("softmax", "log_softmax"):
-    fn = getattr(jaxsoftmax, op) if ours else {"jax.nn": getattr(jax.nn, op)}.get(impl)
+  if op in ("softmax", "log_softmax", "softmin"):
+    peer = (lambda x, axis: jax.nn.softmax(-x, axis=axis)) if op == "softmin" else getattr(
+        jax.nn, op)
+    fn = getattr(jaxsoftmax, op) if ours else {"jax.nn": peer}.get(impl)
     return None if fn is None else (lambda labels, x: fn(x, axis=-1, **kw))
+  if op == "cross_entropy[probs]":
+    if ours:
+      return lambda targets, x: jaxsoftmax.cross_entropy(x, targets.astype(x.dtype), **kw)
+    if impl == "optax":
+      import optax  # noqa: PLC0415
+      return lambda targets, x: optax.softmax_cross_entropy(x, targets.astype(x.dtype)).mean()
+    return None
+  if op == "nll_loss":  # the JAX idiom a user writes: the label's entry, negated, averaged
+    if ours:
+      return lambda labels, x: jaxsoftmax.nll_loss(x, labels)
+    if impl == "jax.numpy":
+      return lambda labels, x: -jnp.mean(jnp.take_along_axis(x, labels[:, None], axis=-1))
+    return None
   if op == "cross_entropy":
     if ours:
       return lambda labels, x: jaxsoftmax.cross_entropy(x, labels, **kw)

@@ -1,0 +1,93 @@
+"""The sweep (issue 17) and the GPU plan's dry run: bookkeeping and files on tiny grids (the real
+figures come from `jaxsoftmax bench --sweep` and `make gpu`, never from a timed test)."""
+
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from jaxsoftmax import cli
+from jaxsoftmax.bench import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_the_grid_holds_the_issue_shapes_and_respects_the_cap():
+  shapes = sweep.grid("softmax")
+  for target in [(4096, 1024), (1024, 32768), (65536, 10)]:
+    assert target in shapes
+  assert all(n * v <= sweep.MAX_ELEMENTS for n, v in shapes)
+  assert (1, 2) in shapes and (1, 262144) in shapes and (65536, 262144) not in shapes
+  linear = sweep.grid("linear_cross_entropy")
+  assert all(d == sweep.LINEAR_D and n * v <= sweep.MAX_ELEMENTS for n, d, v in linear)
+  assert sweep.grid("softmax", rows=[3], cols=[5, 7]) == [(3, 5), (3, 7)]
+
+
+def _row(ratio, op="softmax", dtype="float32", mode="fwd", shape=(1, 2)):
+  return {"op": op, "dtype": dtype, "mode": mode, "shape": list(shape), "ratio": ratio}
+
+
+def test_the_summary_holds_every_ratio_to_the_floor_and_the_geomean_to_the_target():
+  s = sweep.summary({"rows": [_row(1.2), _row(1.3, mode="bwd")]})
+  assert s["passed"] and s["worst"] == 1.2 and s["geomean"] == pytest.approx((1.2 * 1.3) ** 0.5)
+  s = sweep.summary({"rows": [_row(2.0), _row(0.94, shape=(64, 2))]})
+  assert not s["passed"] and s["below_floor"][0]["shape"] == [64, 2]  # one cliff fails it all
+  s = sweep.summary({"rows": [_row(1.0), _row(1.05)]})
+  assert not s["passed"] and not s["below_floor"]  # no cliff, but the geomean is short
+  assert not sweep.summary({"rows": []})["passed"]
+
+
+def test_a_tiny_sweep_times_every_op_against_its_jax_peer_and_draws_heat_maps(tmp_path, capsys):
+  args = ["bench", "--sweep", "--rows", "2", "--cols", "3", "--dtypes", "float32", "bfloat16",
+          "--budget", "0.01", "--out", str(tmp_path)]
+  assert cli.main(args) == 0
+  (path,) = tmp_path.glob("sweep-*.json")
+  doc = json.loads(path.read_text())
+  got = {(r["op"], r["dtype"], r["mode"]) for r in doc["rows"]}
+  assert got == {(op, dt, mode) for op in sweep.SWEEP_OPS for dt in ("float32", "bfloat16")
+                 for mode in ("fwd", "bwd", "fwd+bwd")}
+  for r in doc["rows"]:
+    assert r["peer"] == sweep.SWEEP_PEER[r["op"]]
+    assert r["reps"] >= 3 and 1 <= len(r["rounds"]) <= 1 + sweep.CONFIRM
+    assert r["ratio"] == pytest.approx(statistics.median(r["rounds"]))
+    if len(r["rounds"]) == 1:
+      assert r["ratio"] == pytest.approx(r["peer_ms"] / r["ours_ms"])
+    else:  # only a ratio under the floor is timed again
+      assert r["rounds"][0] < sweep.FLOOR
+  assert doc["summary"]["n"] == len(doc["rows"])
+  assert {p.name for p in tmp_path.glob("*.png")} == {
+      path.stem + "-float32.png", path.stem + "-bfloat16.png"}
+  assert "geometric mean" in capsys.readouterr().out
+
+
+def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
+  assert cli.main(["bench", "--sweep", "--ops", "linear_cross_entropy[filter]",
+                   "--out", str(tmp_path)]) == 2
+  assert cli.main(["bench", "--ops", "nll_loss", "--out", str(tmp_path)]) == 2
+  assert cli.main(["bench", "--sweep", "--rows", "0", "--out", str(tmp_path)]) == 2
+  err = capsys.readouterr().out
+  assert "--sweep has no linear_cross_entropy[filter]" in err and "only with --sweep" in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is a bash script")
+def test_the_gpu_plan_runs_end_to_end_in_its_cpu_dry_run(tmp_path):
+  """`make gpu`'s script, every step, on this CPU with tiny shapes: each step exits 0 and leaves
+  its files in the one results folder, ending with a kernel default table."""
+  env = dict(os.environ, GPU_PLAN_DRY_RUN="1", PYTHON=sys.executable, GPU_PLAN_SCALE="1")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  steps = (tmp_path / "steps.txt").read_text()
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+  for name in ("info", "kernels", "parity", "bandwidth", "bench-kernels", "sweep",
+               "record-defaults"):
+    assert f"{name} rc=0" in steps, steps
+  assert (tmp_path / "kernels.xml").exists() and (tmp_path / "parity" / "parity.md").exists()
+  assert list(tmp_path.glob("sweep-*.json")) and list(tmp_path.glob("sweep-*.png"))
+  table = json.loads((tmp_path / "defaults.json").read_text())
+  assert table["runs"][-1]["device_kind"] == "cpu" and table["entries"] == []
+  assert table["runs"][-1]["outcome"] == "no compiled-kernel test ran"
