@@ -16,7 +16,9 @@
 #   record-defaults the kernel default table with this device's run: DIR/defaults.json (copy it
 #                   to jaxsoftmax/_src/kernels/defaults.json and commit it with DIR's results)
 # GPU_PLAN_DRY_RUN=1 runs the same steps on this CPU with tiny shapes (the kernels interpreted),
-# so the plan is proven end to end where no GPU is (tests/bench/test_gpu_plan.py runs it).
+# so the plan is proven end to end where no GPU is (tests/bench/test_sweep.py runs it).
+# GPU_PLAN_STEPS="info kernels ..." runs only those steps (a short device session), and
+# GPU_PLAN_KERNELS / GPU_PLAN_SWEEP replace the bench-kernels / sweep arguments.
 set -u
 OUT_DIR=${1:-${JAXSOFTMAX_RESULTS:-}}
 if [ -z "$OUT_DIR" ]; then
@@ -32,8 +34,10 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 # A step that runs over its limit gets SIGABRT first, and faulthandler prints where it was.
 export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
 failed=0
+STEPS=${GPU_PLAN_STEPS:-info kernels parity bandwidth bench-kernels sweep record-defaults}
 step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its status recorded
   local name=$1 limit=$2; shift 2
+  case " $STEPS " in *" $name "*) ;; *) echo "== $name: skipped (GPU_PLAN_STEPS)"; return 0 ;; esac
   local t0=$SECONDS
   echo "== $name (limit $((limit * SCALE)) s)"
   timeout --signal=ABRT --kill-after=10 $((limit * SCALE)) "$@" >"$OUT_DIR/$name.log" 2>&1
@@ -43,6 +47,8 @@ step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its st
   tail -n 12 "$OUT_DIR/$name.log"
 }
 CLI="$PY -m jaxsoftmax.cli"
+KERNELS_OVERRIDE=${GPU_PLAN_KERNELS:-}
+SWEEP_OVERRIDE=${GPU_PLAN_SWEEP:-}
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu
   KERNEL_TESTS="dispatch or default or table or record"
@@ -61,6 +67,8 @@ else
   SWEEP="--dtypes float32 bfloat16 --modes fwd+bwd --budget 0.2"
   INFO="import jax, torch; d = jax.devices()[0]; print(jax.__version__, d, d.device_kind, torch.__version__, torch.cuda.is_available())"
 fi
+KERNELS=${KERNELS_OVERRIDE:-$KERNELS}
+SWEEP=${SWEEP_OVERRIDE:-$SWEEP}
 step info 60 bash -c "(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) ; $PY -c \"$INFO\""
 step kernels 300 $PY -m pytest -q -p no:cacheprovider parity_tests/test_pallas.py -k "$KERNEL_TESTS" \
   --junitxml="$OUT_DIR/kernels.xml"
