@@ -47,10 +47,11 @@ __all__ = ["softmax", "log_softmax", "softmin"]
 # are nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.
 
 
-def _max(xc, axes, where):
+def _max(xc, axes, where, temperature):
   # -inf for an empty row keeps empty reductions defined instead of raising, as torch returns an
-  # empty result for softmax over a zero-length axis.
-  return row_max(xc, axes, where)
+  # empty result for softmax over a zero-length axis. Short rows are unrolled only without a
+  # temperature (rows.row_max says why).
+  return row_max(xc, axes, where, unroll=temperature == 1.0)
 
 
 def _keep(where, v, fill=0.0):
@@ -81,7 +82,7 @@ def _softmax_xla(x, where, axes, temperature, negate):
 def _softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
-  e = _keep(where, jnp.exp(xc - _max(xc, axes, where)))
+  e = _keep(where, jnp.exp(xc - _max(xc, axes, where, temperature)))
   y = _keep(where, e / row_sum(e, axes))
   # Residual: the output only, at compute precision (see the module docstring). With a mask, the
   # mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
@@ -105,7 +106,7 @@ def _log_softmax_xla(x, where, axes, temperature, negate):
 
 def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
-  shifted = xc - _max(xc, axes, where)
+  shifted = xc - _max(xc, axes, where, temperature)
   e = _keep(where, jnp.exp(shifted))
   s = row_sum(e, axes)
   y = _keep(where, shifted - jnp.log(s), NEG_INF)
@@ -186,7 +187,7 @@ def _family_sharded_fwd(x, where, axis, temperature, negate, log, names, total):
     mask = jnp.broadcast_to(mask.reshape(shape), x.shape)
     where = mask if where is None else where & mask
   xc = scaled(x, negate, temperature)
-  m = _max(xc, (axis,), where)
+  m = _max(xc, (axis,), where, temperature)
   # A block whose row is empty, masked or all -inf has m = -inf: shift by 0 there, so its
   # exponentials are 0 (not exp(-inf + inf) = NaN) and the combine gives it weight 0.
   m_safe = jnp.where(m == NEG_INF, 0.0, m)
@@ -232,8 +233,11 @@ def _auto_ops(temperature, negate, log):
     return xla(x, None, (1,), temperature, negate)
 
   def backward_plain(y, g):
-    rule = _log_softmax_xla_bwd if log else _softmax_xla_bwd
-    return rule((1,), temperature, negate, (y.astype(checks.compute_dtype(y.dtype)), None), g)[0]
+    yc = y.astype(checks.compute_dtype(y.dtype))
+    if log:  # the XLA rule's residual from y: e = e^y, with row sums of 1
+      res = (jnp.exp(yc), jnp.ones(yc.shape[:-1] + (1,), yc.dtype), None)
+      return _log_softmax_xla_bwd((1,), temperature, negate, res, g)[0]
+    return _softmax_xla_bwd((1,), temperature, negate, (yc, None), g)[0]
 
   forward = custom_partitioning(forward_plain)
   backward = custom_partitioning(backward_plain)

@@ -66,9 +66,15 @@ def _dot_sum(x, axis: int):
   return jnp.moveaxis(out, -1, axis)
 
 
-def row_max(x, axes: int | Sequence[int], where=None):
-  """``max`` over ``axes`` with ``keepdims``; ``-inf`` for an empty or fully masked row."""
-  axis = _axis(x, axes)
+def row_max(x, axes: int | Sequence[int], where=None, *, unroll: bool = True):
+  """``max`` over ``axes`` with ``keepdims``; ``-inf`` for an empty or fully masked row.
+
+  ``unroll=False`` keeps ``jnp.max``. The softmax family passes it for a temperature other than 1:
+  XLA turns ``x / T`` into ``x * (1/T)``, and an unrolled max lands in another fusion than the
+  output's ``x * (1/T) - m``, which LLVM contracts into one FMA; the maximum's own entry of
+  log_softmax then came out 7.6e-05, not torch's exact 0 (the grid's "large" case at T = 3).
+  """
+  axis = _axis(x, axes) if unroll else None
   if where is not None:
     x = jnp.where(where, x, -jnp.inf)
   plain = lambda v: jnp.max(v, axis=axes, keepdims=True, initial=-jnp.inf)  # noqa: E731
