@@ -192,7 +192,7 @@ def heatmaps(doc: dict, stem) -> list[pathlib.Path]:
     s = summary(doc)
     fig.suptitle(f"{doc['device']}, {doc['timestamp'][:10]}: {SWEEP_PEER_NOTE} "
                  f"geomean {s['geomean']:.2f}, worst {s['worst']:.2f}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the top panels
     path = pathlib.Path(f"{stem}-{dtype}.png")
     plotting.save_png(fig, path, dpi=90)
     paths.append(path)
