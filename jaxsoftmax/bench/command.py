@@ -64,11 +64,11 @@ def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, 
                 "of copy", "XLA temp MiB", "peak RSS MiB", title="jaxsoftmax bench")
   for r in doc["rows"]:
     if r["status"] != "ok":
-      table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
-                    r["status"], "", "", "", "", "")
+      table.add_row(escape(r["op"]), escape(r["impl"]), "x".join(map(str, r["shape"])),
+                    r["dtype"], r["mode"], escape(r["status"]), "", "", "", "", "")
       continue
-    table.add_row(r["op"], r["impl"], "x".join(map(str, r["shape"])), r["dtype"], r["mode"],
-                  f"{r['median_ms']:.2f}", f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}",
+    table.add_row(escape(r["op"]), escape(r["impl"]), "x".join(map(str, r["shape"])), r["dtype"],
+                  r["mode"], f"{r['median_ms']:.2f}", f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}",
                   f"{r['gbps']:.1f}", f"{r['copy_fraction']:.0%}",
                   f"{r['xla_temp_mb']:.1f}" if "xla_temp_mb" in r else "",
                   f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "")
@@ -80,12 +80,12 @@ def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, 
     speed = Table("op", "shape", "jaxsoftmax ms", "fastest peer", "peer ms", "speedup",
                   title=f"fwd+bwd {dtype}: fastest peer / jaxsoftmax (> 1: jaxsoftmax faster)")
     for u in ups:
-      speed.add_row(u["op"], "x".join(map(str, u["shape"])), f"{u['jaxsoftmax_ms']:.2f}",
+      speed.add_row(escape(u["op"]), "x".join(map(str, u["shape"])), f"{u['jaxsoftmax_ms']:.2f}",
                     u["fastest_peer"], f"{u['peer_ms']:.2f}", f"{u['speedup']:.2f}")
     console.print(speed)
     for op in dict.fromkeys(u["op"] for u in ups):
-      console.print(f"{op} {dtype}: geometric-mean speedup "
-                    f"{report.geomean(u['speedup'] for u in ups if u['op'] == op):.2f}")
+      console.print(escape(f"{op} {dtype}: geometric-mean speedup "
+                           f"{report.geomean(u['speedup'] for u in ups if u['op'] == op):.2f}"))
   console.print(f"rows written to {path} and {path.with_suffix('.png')}")
   return 0
 
