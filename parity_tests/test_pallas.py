@@ -359,6 +359,9 @@ def test_recording_keeps_a_class_only_where_the_kernels_passed_and_won_everywher
   table = defaults.record(doc, failed, table=table)
   assert table["entries"] == [] and len(table["runs"]) == 1  # the same device's run replaced
   assert table["runs"][0]["outcome"] == "1 of 1 compiled-kernel tests failed"
+  errored = _junit(("test_kernels[float32-triton-compiled-one_pass]", "<error/>"))  # no message
+  assert defaults.record(doc, errored)["runs"][0]["first_failures"] == [
+      "test_kernels[float32-triton-compiled-one_pass]: no message"]
   none_ran = _junit(("test_kernels[float32-triton-compiled-one_pass]", "<skipped/>"))
   assert defaults.record(doc, none_ran)["entries"] == []
 

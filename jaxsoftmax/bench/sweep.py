@@ -41,6 +41,8 @@ MAX_ELEMENTS = 2**25
 LINEAR_ROWS = (1, 64, 1024, 4096)
 LINEAR_COLS = (10, 1024, 32768, 262144)
 LINEAR_D = 256
+# The heat maps' title.
+SWEEP_PEER_NOTE = "peer time / jaxsoftmax time (> 1: jaxsoftmax faster);"
 # The issue's bar: no ratio under FLOOR, a geometric mean of at least TARGET.
 FLOOR, TARGET = 0.95, 1.1
 # Further rounds for a ratio under the floor (see run()).
@@ -198,5 +200,3 @@ def heatmaps(doc: dict, stem) -> list[pathlib.Path]:
     paths.append(path)
   return paths
 
-
-SWEEP_PEER_NOTE = "peer time / jaxsoftmax time (> 1: jaxsoftmax faster);"

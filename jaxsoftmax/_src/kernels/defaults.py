@@ -131,7 +131,8 @@ def kernel_tests(junit_xml: str) -> dict:
       out["passed"] += 1
     else:
       out["failed"] += 1
-      out["failures"].append(f"{name}: {(bad.get('message') or '').splitlines()[0][:200]}")
+      first = (bad.get("message") or bad.get("type") or "no message").strip().splitlines()
+      out["failures"].append(f"{name}: {(first or ['no message'])[0][:200]}")
   return out
 
 
