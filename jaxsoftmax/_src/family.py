@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
-from jaxsoftmax._src.rows import row_max, row_sum
+from jaxsoftmax._src.rows import row_max, row_max_of, row_sum
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -47,11 +47,14 @@ __all__ = ["softmax", "log_softmax", "softmin"]
 # are nondiff_argnums; ``where`` is an optional boolean array that receives no cotangent.
 
 
-def _max(xc, axes, where, temperature):
-  # -inf for an empty row keeps empty reductions defined instead of raising, as torch returns an
-  # empty result for softmax over a zero-length axis. Short rows are unrolled only without a
-  # temperature (rows.row_max says why).
-  return row_max(xc, axes, where, unroll=temperature == 1.0)
+def _max(x, xc, axes, where, temperature, negate):
+  """The row max of the scaled logits ``xc``. -inf for an empty row keeps empty reductions
+  defined instead of raising, as torch returns an empty result for softmax over a zero-length
+  axis. Short rows are unrolled only without a temperature (rows.row_max says why). Without a
+  temperature it is taken on ``x`` in its own dtype (rows.row_max_of says why)."""
+  if temperature != 1.0:
+    return row_max(xc, axes, where, unroll=False)
+  return row_max_of(-x if negate else x, xc.dtype, axes, where)
 
 
 def _keep(where, v, fill=0.0):
@@ -82,7 +85,7 @@ def _softmax_xla(x, where, axes, temperature, negate):
 def _softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
-  e = _keep(where, jnp.exp(xc - _max(xc, axes, where, temperature)))
+  e = _keep(where, jnp.exp(xc - _max(x, xc, axes, where, temperature, negate)))
   y = _keep(where, e / row_sum(e, axes))
   # Residual: the output only, at compute precision (see the module docstring). With a mask, the
   # mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
@@ -106,7 +109,7 @@ def _log_softmax_xla(x, where, axes, temperature, negate):
 
 def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
-  shifted = xc - _max(xc, axes, where, temperature)
+  shifted = xc - _max(x, xc, axes, where, temperature, negate)
   e = _keep(where, jnp.exp(shifted))
   s = row_sum(e, axes)
   y = _keep(where, shifted - jnp.log(s), NEG_INF)
@@ -187,7 +190,7 @@ def _family_sharded_fwd(x, where, axis, temperature, negate, log, names, total):
     mask = jnp.broadcast_to(mask.reshape(shape), x.shape)
     where = mask if where is None else where & mask
   xc = scaled(x, negate, temperature)
-  m = _max(xc, (axis,), where, temperature)
+  m = _max(x, xc, (axis,), where, temperature, negate)
   # A block whose row is empty, masked or all -inf has m = -inf: shift by 0 there, so its
   # exponentials are 0 (not exp(-inf + inf) = NaN) and the combine gives it weight 0.
   m_safe = jnp.where(m == NEG_INF, 0.0, m)

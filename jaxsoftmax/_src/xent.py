@@ -37,7 +37,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-__all__ = ["at_labels", "gather", "scatter_add", "per_class", "label_weights", "denominator",
+from jaxsoftmax._src import rows
+
+__all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "per_class", "label_weights", "denominator",
            "total_weight", "reduce", "row_cotangent", "neg_log_softmax", "weight_along",
            "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad",
            "Outputs", "LossAux", "z_rows", "reduce_with_z", "lse_coefficient", "lse_terms", "given", "dense", "defvjp",
@@ -47,8 +49,9 @@ __all__ = ["at_labels", "gather", "scatter_add", "per_class", "label_weights", "
 def at_labels(labels, axis):
   """Index tuple addressing ``x[..., labels, ...]`` (class axis ``axis``) for every example.
 
-  Gathering and scattering through it touches one element per example; a one-hot
-  ``iota == label`` mask instead makes XLA:CPU materialise logits-sized arrays (measured).
+  Gathering through it touches one element per example; a one-hot ``iota == label`` mask for a
+  gather makes XLA:CPU materialise logits-sized arrays (measured). Adding at the labels to a
+  dense gradient is the other way round: see :func:`add_at_labels`.
   """
   index = list(jnp.indices(labels.shape, sparse=True))  # one index per batch axis
   index.insert(axis, labels)
@@ -61,6 +64,22 @@ def gather(x, labels, num_classes, axis):
     return jnp.zeros(labels.shape, x.dtype)
   index = at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
   return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def add_at_labels(dense, labels, values, num_classes, axis):
+  """``dense`` plus ``values`` at each example's label, as a one-hot select in the same
+  elementwise loop that forms ``dense``.
+
+  A scatter into ``dense`` would make XLA:CPU write the dense gradient, scatter into it, then
+  (for a 16-bit gradient) convert it in a pass of its own: cross_entropy's backward in bfloat16
+  at (4096, 1024) ran 6.4 ms that way and 3.0 ms this way (float32: 1.9 ms and 1.7 ms). Labels
+  are clipped as in :func:`scatter_add`, so an out-of-range label's value lands in its own row.
+  """
+  shape = [1] * dense.ndim
+  shape[axis] = num_classes
+  classes = lax.broadcasted_iota(jnp.int32, shape, axis)
+  hit = classes == jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32), axis)
+  return dense + jnp.where(hit, jnp.expand_dims(values, axis), 0.0).astype(dense.dtype)
 
 
 def scatter_add(base, labels, values, num_classes, axis):
@@ -112,10 +131,8 @@ def reduce(losses, denominator, reduction):
   """``"none"``: the losses; ``"sum"``: their sum; ``"mean"``: the sum over ``denominator``."""
   if reduction == "none":
     return losses
-  # Finish the per-example losses first, then sum them. Left to itself XLA merges the class-axis
-  # and batch sums into one flat float32 reduction, whose order was measured 19 ulps off on 180
-  # equal terms (found by `make fuzz`); torch accumulates such sums in double or by cascade.
-  total = jnp.sum(lax.optimization_barrier(losses))
+  # Finish the per-example losses first, then sum them (rows.total_sum says why and how).
+  total = rows.total_sum(losses)
   return total if reduction == "sum" else total / denominator
 
 
