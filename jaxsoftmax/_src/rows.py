@@ -131,5 +131,5 @@ def total_sum(v):
   is accurate (that fuzz example: 1 ulp from torch; 3e-8 from float64 over 8M terms). So on a
   CPU the sum is left to XLA, as jax.nn and optax leave it.
   """
-  barrier = lambda u: jnp.sum(lax.optimization_barrier(u))  # noqa: E731
+  barrier = lambda u: jnp.sum(lax.optimization_barrier(u))
   return lax.platform_dependent(v, cpu=jnp.sum, default=barrier)

@@ -196,17 +196,17 @@ def test_gradients_hold_whichever_inputs_were_differentiated_before(loss):
   target = jax.nn.softmax(X[::-1]) if loss.endswith("[probs]") else LABELS
   if loss == "nll_loss":
     inp = lp
-    ours = lambda x, w: jaxsoftmax.nll_loss(x, LABELS, weight=w)  # noqa: E731
-    ref = lambda x, w: -(w[LABELS] * jnp.take_along_axis(x, LABELS[:, None], -1)[:, 0]).sum() / (  # noqa: E731
+    ours = lambda x, w: jaxsoftmax.nll_loss(x, LABELS, weight=w)
+    ref = lambda x, w: -(w[LABELS] * jnp.take_along_axis(x, LABELS[:, None], -1)[:, 0]).sum() / (
         w[LABELS].sum())
   elif loss == "cross_entropy":
     inp = X
-    ours = lambda x, w: jaxsoftmax.cross_entropy(x, LABELS, weight=w, label_smoothing=0.2)  # noqa: E731
-    ref = lambda x, w: _ref_cross_entropy(x, LABELS, w, -1, 0.2, "mean")  # noqa: E731
+    ours = lambda x, w: jaxsoftmax.cross_entropy(x, LABELS, weight=w, label_smoothing=0.2)
+    ref = lambda x, w: _ref_cross_entropy(x, LABELS, w, -1, 0.2, "mean")
   else:
     inp = X
-    ours = lambda x, w: jaxsoftmax.cross_entropy(x, target, weight=w)  # noqa: E731
-    ref = lambda x, w: -(target * w[None, :] * _ref_log_softmax(x)).sum(-1).mean()  # noqa: E731
+    ours = lambda x, w: jaxsoftmax.cross_entropy(x, target, weight=w)
+    ref = lambda x, w: -(target * w[None, :] * _ref_log_softmax(x)).sum(-1).mean()
   for argnums in [(0,), (0, 1), (1,), (0,), (0, 1)]:
     saved_residuals(ours, inp, weight)
     got = jax.grad(ours, argnums=argnums)(inp, weight)
