@@ -123,14 +123,15 @@ def _ce_labels_xla_bwd(axis, opts, res, g):
       row_g, w_y, xent.total_weight(weight, num_classes, ct), eps, num_classes)
   extra = xent.lse_coefficient(g, lse, kept, opts.z_loss, count, opts.reduction, g_lse)
   alpha = alpha if extra is None else alpha + extra
-  # A dense part and one value per example at its label, in one elementwise loop.
+  # A dense part, then one value per example at its label (xent.add_at_labels): no one-hot
+  # matrix in memory.
   dx = e * (jnp.expand_dims(alpha, axis) / total)
   if eps > 0.0:
     w_c = 1.0 if weight is None else xent.weight_along(weight, e.ndim, axis, ct)
     dx = dx - jnp.expand_dims(beta, axis) * w_c
   dx = xent.add_at_labels(dx, labels, -gamma, num_classes, axis, g.dtype)
   dweight = None
-  if out is not None:  # the class weights are differentiated
+  if out is not None:  # class weights: their exact gradient
     # Exact d/dw (torch refuses to differentiate weight).
     # where(kept, ...): an ignored row may have lsm_y = -inf, and 0 * inf would be NaN.
     dweight = xent.per_class(labels, jnp.where(kept, -(1.0 - eps) * row_g * lsm_y, 0.0),
@@ -373,7 +374,7 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   dlog_probs = xent.scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
   dlog_probs = dlog_probs.astype(dtype)
   dweight = None
-  if picked is not None:  # the class weights are differentiated
+  if picked is not None:  # class weights: their exact gradient
     dweight = xent.per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)
     dweight = xent.finish_class_weight_grad(dweight, g, out, denominator, labels, kept, reduction,
                                             weight.dtype)
