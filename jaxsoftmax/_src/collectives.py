@@ -31,6 +31,7 @@ from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from jaxsoftmax._src import rows
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["Axes", "axis_names", "size", "index", "gather_stats", "combine_max_sum",
@@ -265,17 +266,17 @@ def reduce_rows(losses, denominator, reduction: str, batch: Names, z=None, kept=
     count = jnp.sum(kept.astype(losses.dtype))
   if reduction == "none":
     return Reduced(losses if z is None else losses + z, denominator, losses, count)
-  # The barrier keeps the per-row losses finished before the sum (see xent.reduce).
-  total = jnp.sum(lax.optimization_barrier(losses))
+  # Per-row losses finished before the sum, as xent.reduce does (rows.total_sum says why).
+  total = rows.total_sum(losses)
   if reduction == "sum":
     if z is None:
       out = batch_sum(total, batch)
       return Reduced(out, denominator, out, count)
-    both = batch_sum(jnp.stack([total, jnp.sum(lax.optimization_barrier(z))]), batch)
+    both = batch_sum(jnp.stack([total, rows.total_sum(z)]), batch)
     return Reduced(both[0] + both[1], denominator, both[0], count)
   parts = [total, jnp.asarray(denominator, total.dtype)]
   if z is not None:
-    parts += [jnp.sum(lax.optimization_barrier(z)), count]
+    parts += [rows.total_sum(z), count]
   both = batch_sum(jnp.stack(parts), batch)
   ce = both[0] / both[1]
   if z is None:

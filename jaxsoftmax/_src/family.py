@@ -51,7 +51,7 @@ def _max(x, xc, axes, where, temperature, negate):
   """The row max of the scaled logits ``xc``. -inf for an empty row keeps empty reductions
   defined instead of raising, as torch returns an empty result for softmax over a zero-length
   axis. Short rows are unrolled only without a temperature (rows.row_max says why). Without a
-  temperature it is taken on ``x`` in its own dtype (rows.row_max_of says why)."""
+  temperature or negation it is taken on ``x`` in its own dtype (rows.row_max_of says why)."""
   if temperature != 1.0:
     return row_max(xc, axes, where, unroll=False)
   if negate:  # a 16-bit -x is itself a float32 round trip on XLA:CPU, materialised for the max

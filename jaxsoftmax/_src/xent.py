@@ -39,10 +39,11 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from jaxsoftmax._src import rows
 
-__all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "per_class", "label_weights", "denominator",
-           "total_weight", "reduce", "row_cotangent", "neg_log_softmax", "weight_along",
-           "smoothing_coefficients", "losses_from_stats", "finish_class_weight_grad",
-           "Outputs", "LossAux", "z_rows", "reduce_with_z", "lse_coefficient", "lse_terms", "given", "dense", "absent", "present", "defvjp",
+__all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "per_class", "label_weights",
+           "denominator", "total_weight", "reduce", "row_cotangent", "neg_log_softmax",
+           "weight_along", "smoothing_coefficients", "losses_from_stats",
+           "finish_class_weight_grad", "Outputs", "LossAux", "z_rows", "reduce_with_z",
+           "lse_coefficient", "lse_terms", "given", "dense", "absent", "present", "defvjp",
            "softcap"]
 
 
