@@ -308,7 +308,9 @@ def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
   # dx = r (p sum_c wt - wt) + extra p, with p = e / total, as -r wt + e c with one coefficient
   # c per row: two multiplies and an add per element, in the order XLA:CPU's YNNPACK fusion runs
   # fastest (the unfolded form ran 0.8x of optax's autodiff; the same terms as e c - r wt, 0.85x).
-  neg = -(row_g * wt)
+  # The sign goes on the row cotangent (one negation per row, the same values as -(r wt)): negated
+  # after the product it stayed a negation per element ((4096, 128): 0.92x of optax, then 1.0x).
+  neg = (-row_g) * wt
   coef = -row_sum(neg, axis)
   extra = xent.lse_coefficient(g, lse, jnp.ones(lse.shape, bool), z_loss, n_rows, reduction, g_lse)
   if extra is not None:
