@@ -65,6 +65,31 @@ def test_a_tiny_sweep_times_every_op_against_its_jax_peer_and_draws_heat_maps(tm
   assert "geometric mean" in capsys.readouterr().out
 
 
+def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
+  built, timed = [], []
+
+  def setup(op, impl, shape, dtype, modes):
+    built.append((impl, tuple(modes)))
+    return {m: (impl, len(built)) for m in modes}, {m: None for m in modes}
+
+  def timing(calls, reps, budget_s):  # a loss in round 1, a clear win after: re-timed anyway
+    timed.append(dict(calls))
+    slow = 1.0 if len(timed) == 1 else 0.5
+    return {"jaxsoftmax": [slow] * 3, "jax.nn": [0.9] * 3}
+
+  monkeypatch.setattr(sweep, "jax_setup", setup)
+  monkeypatch.setattr(sweep, "time_interleaved", timing)
+  doc = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2])
+  assert doc["rows"][0]["rounds"] == pytest.approx([0.9, 1.8, 1.8])
+  # Round 1 times the instances built for every mode; rounds 2 and 3 each build both anew, for
+  # this mode only, the peer first and then jaxsoftmax first.
+  assert built == [("jaxsoftmax", ("fwd",)), ("jax.nn", ("fwd",)), ("jax.nn", ("fwd",)),
+                   ("jaxsoftmax", ("fwd",)), ("jaxsoftmax", ("fwd",)), ("jax.nn", ("fwd",))]
+  assert [sorted(c.values()) for c in timed] == [
+      [("jax.nn", 2), ("jaxsoftmax", 1)], [("jax.nn", 3), ("jaxsoftmax", 4)],
+      [("jax.nn", 6), ("jaxsoftmax", 5)]]
+
+
 def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
   assert cli.main(["bench", "--sweep", "--ops", "linear_cross_entropy[filter]",
                    "--out", str(tmp_path)]) == 2
