@@ -373,8 +373,10 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   w_y, kept = xent.label_weights(labels, weight, ignore_index, num_classes, ct)
   row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), labels.shape, denominator, reduction),
                     0.0)
-  dlog_probs = xent.scatter_add(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis)
-  dlog_probs = dlog_probs.astype(dtype)
+  # In bfloat16/float16 a one-hot select rounding once, not float32 zeros, a scatter and a convert
+  # (xent.add_at_labels; the same values: each entry is one term rounded once).
+  dlog_probs = xent.add_at_labels(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis,
+                                  dtype)
   dweight = None
   if picked is not None:  # class weights: their exact gradient
     dweight = xent.per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)
