@@ -362,6 +362,15 @@ def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_class
                None if plain else denominator, out if wants_dweight else None)
 
 
+# nll_loss's 16-bit gradient as a one-hot select is one loop doing a compare, a select and a
+# conversion per element; XLA:CPU's cost model splits such a loop over both cores from a few
+# thousand elements (8192 at (4096, 2), not at (64, 128)), and below about 128K the second thread's
+# wake-up costs more than the loop (bwd (1024, 10): 0.12 ms against the scatter's 0.06 ms;
+# (64, 1024), (4096, 2), (4096, 10): 0.5-0.75x of the jax.numpy peer). In that band the scatter is
+# kept; above it the select wins 1.3-7x, below it 1.1-1.5x.
+_SCATTER_BAND = (2**12, 2**17)
+
+
 def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   labels, weight, picked, denominator, out = res
   g = xent.dense(g)
@@ -374,9 +383,13 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   row_g = jnp.where(kept, xent.row_cotangent(g.astype(ct), labels.shape, denominator, reduction),
                     0.0)
   # In bfloat16/float16 a one-hot select rounding once, not float32 zeros, a scatter and a convert
-  # (xent.add_at_labels; the same values: each entry is one term rounded once).
-  dlog_probs = xent.add_at_labels(jnp.zeros(shape, ct), labels, -w_y * row_g, num_classes, axis,
-                                  dtype)
+  # (xent.add_at_labels; the same values: each entry is one term rounded once), except at the
+  # sizes in _SCATTER_BAND (module constant says why), where the scatter is kept.
+  zeros = jnp.zeros(shape, ct)
+  if jnp.dtype(dtype) != ct and _SCATTER_BAND[0] <= zeros.size < _SCATTER_BAND[1]:
+    dlog_probs = xent.scatter_add(zeros, labels, -w_y * row_g, num_classes, axis).astype(dtype)
+  else:
+    dlog_probs = xent.add_at_labels(zeros, labels, -w_y * row_g, num_classes, axis, dtype)
   dweight = None
   if picked is not None:  # class weights: their exact gradient
     dweight = xent.per_class(labels, jnp.where(kept, -picked * row_g, 0.0), num_classes)

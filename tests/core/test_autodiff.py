@@ -211,3 +211,24 @@ def test_gradients_hold_whichever_inputs_were_differentiated_before(loss):
     want = jax.grad(ref, argnums=argnums)(inp, weight)
     for g, w in zip(got, want):
       np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1023, 1024, 32767, 32768])  # 4 classes: both edges of the band
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_loss_half_gradient_is_the_same_by_select_and_by_scatter(rows, weighted):
+  # Around losses._SCATTER_BAND the 16-bit gradient switches between a one-hot select and a
+  # float32 scatter plus a conversion: the same entries, each one term rounded once to bfloat16.
+  rng = np.random.default_rng(rows)
+  x = jnp.asarray(rng.standard_normal((rows, 4)), jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(-1, 4, rows))  # -1: ignored
+  weight = jnp.asarray([0.5, 1.0, 2.0, 3.0], jnp.bfloat16) if weighted else None
+  grad = jax.grad(lambda v: jaxsoftmax.nll_loss(v, labels, weight=weight, ignore_index=-1))(x)
+  w = np.ones(4, np.float32) if weight is None else np.asarray(weight, np.float32)
+  kept = np.asarray(labels) != -1
+  safe = np.where(kept, np.asarray(labels), 0)
+  w_y = np.where(kept, w[safe], 0.0).astype(np.float32)
+  expected = np.zeros((rows, 4), np.float32)
+  expected[np.arange(rows), safe] = -w_y / w_y.sum(dtype=np.float32)
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(grad, np.float32),
+                                np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float32))
