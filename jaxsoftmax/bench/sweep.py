@@ -4,8 +4,9 @@ for every op, dtype and mode, and the ratio heat maps that show a cliff anywhere
 For each (op, dtype, shape) both providers are compiled once per mode, then timed interleaved
 (order rotated every repetition, ``block_until_ready``); the figure is ``peer median / our
 median`` (> 1: jaxsoftmax is faster). A ratio near or under parity is timed in two more rounds,
-each on freshly built instances of both, and the median of the three rounds is kept. The whole grid runs in one process, so every ratio compares
-two functions timed side by side on the same machine state.
+each on freshly built instances of both, and the median of the three rounds is kept. The whole
+grid runs in one process, so every ratio compares two functions timed side by side on the same
+machine state.
 """
 
 from __future__ import annotations
