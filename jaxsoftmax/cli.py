@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--overwrite", action="store_true",
                  help="replace today's results file instead of writing a time-stamped one")
   b.add_argument("--chart", metavar="RESULTS.json",
-                 help="only (re)draw the PNG chart of a results file, e.g. one from a GPU box")
+                 help="only (re)draw the PNG chart of a results file, e.g. one from a GPU box "
+                      "(a sweep's JSON: its heat maps)")
   b.add_argument("--sharded", action="store_true",
                  help="the sharded suite instead: linear_cross_entropy split over 1, 2, 4, 8 "
                       "host devices and dp x tp beside GSPMD's x @ w + optax (per-device memory, "

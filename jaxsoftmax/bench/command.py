@@ -45,7 +45,14 @@ def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, 
   JSON and PNG; returns the exit status."""
   if chart_only:
     path = pathlib.Path(chart_only)
-    report.chart(json.loads(path.read_text()), path.with_suffix(".png"))
+    doc = json.loads(path.read_text())
+    if doc.get("kind") == "sweep":  # a sweep's heat maps, e.g. of one a time limit stopped
+      from jaxsoftmax.bench import sweep  # noqa: PLC0415
+
+      drawn = sweep.heatmaps(doc, path.with_suffix(""))
+      console.print(f"wrote {', '.join(str(d) for d in drawn)}")
+      return 0
+    report.chart(doc, path.with_suffix(".png"))
     console.print(f"wrote {path.with_suffix('.png')}")
     return 0
   try:
@@ -106,7 +113,8 @@ def bench_sweep(console: Console, *, ops, dtypes, modes, rows, cols, budget, out
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
     doc = sweep.run(ops, dtypes, modes, rows=rows, cols=cols,
-                    budget_s=0.4 if budget is None else budget, progress=progress)
+                    budget_s=0.4 if budget is None else budget, progress=progress,
+                    partial=lambda part: sweep.write(part, out, charts=False))
   path = sweep.write(doc, out)
   s = sweep.summary(doc)
   table = Table("op", "dtype", "mode", "shapes", "geomean", "worst", "worst shape",

@@ -7,6 +7,10 @@ median`` (> 1: jaxsoftmax is faster). A ratio near or under parity is timed in t
 each on freshly built instances of both, and the median of the three rounds is kept. The whole
 grid runs in one process, so every ratio compares two functions timed side by side on the same
 machine state.
+
+The rows are saved as they are measured (``run(..., partial=)``; the CLI rewrites the JSON, marked
+``"complete": false``, after every shape), so a run stopped by a time limit (the GPU plan's steps)
+keeps what it timed: the first H100 session lost a 330-second sweep that wrote only at its end.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import itertools
 import json
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -67,13 +71,29 @@ def grid(op: str, rows: Sequence[int] | None = None, cols: Sequence[int] | None 
 def run(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *,
         rows: Sequence[int] | None = None, cols: Sequence[int] | None = None,
         max_elements: int = MAX_ELEMENTS, budget_s: float = 0.4, max_reps: int = 200,
-        progress=None) -> dict:
-  """Times every configuration; returns the sweep document (rows of ours vs peer)."""
+        progress=None, partial: Callable[[dict], object] | None = None) -> dict:
+  """Times every configuration; returns the sweep document (rows of ours vs peer).
+
+  ``partial``, if given, is called with the document so far (``"complete": False``) after each
+  (op, dtype, shape), so an interrupted run can leave its rows behind."""
   device, plat = _device()
   plan = [(op, dtype, shape) for op in ops for dtype in dtypes
           for shape in grid(op, rows, cols, max_elements)]
   task = progress.add_task("sweep", total=len(plan)) if progress else None
   out = []
+  # The start time names the file, so every partial write and the last go to the same one.
+  started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+  def document(complete: bool) -> dict:
+    return {"kind": "sweep", "device": device, "platform": plat, "complete": complete,
+            "rows": list(out),
+            "grid": {"rows": list(rows or ROWS), "cols": list(cols or COLS),
+                     "linear_rows": list(rows or LINEAR_ROWS),
+                     "linear_cols": list(cols or LINEAR_COLS), "max_elements": max_elements,
+                     "linear_d": LINEAR_D},
+            "versions": _versions(),
+            "timestamp": started}
+
   for op, dtype, shape in plan:
     if progress:
       progress.update(task, description=f"{op} {'x'.join(map(str, shape))} {dtype}")
@@ -111,13 +131,9 @@ def run(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *,
                   "rounds": [r[1] / r[0] for r in rounds]})
     if progress:
       progress.advance(task)
-  return {"kind": "sweep", "device": device, "platform": plat, "rows": out,
-          "grid": {"rows": list(rows or ROWS), "cols": list(cols or COLS),
-                   "linear_rows": list(rows or LINEAR_ROWS),
-                   "linear_cols": list(cols or LINEAR_COLS), "max_elements": max_elements,
-                   "linear_d": LINEAR_D},
-          "versions": _versions(),
-          "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if partial is not None:
+      partial(document(False))
+  return document(True)
 
 
 def _geomean(values) -> float:
@@ -150,8 +166,9 @@ def summary(doc: dict, floor: float = FLOOR, target: float = TARGET) -> dict:
           "passed": bool(ratios) and not below and geo >= target, "groups": per}
 
 
-def write(doc: dict, out_dir) -> pathlib.Path:
-  """``<out_dir>/sweep-<device>-<date>.json`` (with its summary) and one heat-map PNG per dtype."""
+def write(doc: dict, out_dir, *, charts: bool = True) -> pathlib.Path:
+  """``<out_dir>/sweep-<device>-<date>.json`` (with its summary) and, with ``charts``, one heat-map
+  PNG per dtype. The file is replaced atomically, so a partial write never leaves half a JSON."""
   from jaxsoftmax._src import files  # noqa: PLC0415
 
   out_dir = pathlib.Path(out_dir)
@@ -160,6 +177,8 @@ def write(doc: dict, out_dir) -> pathlib.Path:
   path = out_dir / f"sweep-{device}-{doc['timestamp'][:10]}.json"
   doc = doc | {"summary": summary(doc)}
   files.write_text(path, json.dumps(doc, indent=1) + "\n")
+  if not charts:
+    return path
   try:
     heatmaps(doc, path.with_suffix(""))
   except ImportError:  # no matplotlib: the JSON is the result; draw later

@@ -90,6 +90,43 @@ def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
       [("jax.nn", 6), ("jaxsoftmax", 5)]]
 
 
+def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
+    monkeypatch, tmp_path, capsys):
+  """A GPU plan step stopped by its time limit keeps its rows: the JSON is rewritten after every
+  shape (marked incomplete), and ``--chart`` draws the heat maps of what is there."""
+  shapes_timed = []
+
+  def setup(op, impl, shape, dtype, modes):
+    return {m: (impl, shape) for m in modes}, {m: None for m in modes}
+
+  def timing(calls, reps, budget_s):
+    shape = next(iter(calls.values()))[1]
+    if shape == (1, 3):
+      raise KeyboardInterrupt  # what the time limit's signal does to the second shape
+    shapes_timed.append(shape)
+    return {"jaxsoftmax": [0.5] * 3, "jax.nn": [1.0] * 3}  # a clear win: one round
+
+  monkeypatch.setattr(sweep, "jax_setup", setup)
+  monkeypatch.setattr(sweep, "time_interleaved", timing)
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(["bench", "--sweep", "--ops", "softmax", "--rows", "1", "--cols", "2", "3",
+              "--dtypes", "float32", "--modes", "fwd", "--out", str(tmp_path)])
+  (path,) = tmp_path.glob("sweep-*.json")
+  doc = json.loads(path.read_text())
+  assert shapes_timed == [(1, 2)] and doc["complete"] is False
+  assert [(r["shape"], r["ratio"]) for r in doc["rows"]] == [([1, 2], 2.0)]
+  assert not list(tmp_path.glob("*.png"))  # partial writes skip the charts
+  assert cli.main(["bench", "--chart", str(path)]) == 0
+  assert [p.name for p in tmp_path.glob("*.png")] == [path.stem + "-float32.png"]
+  capsys.readouterr()
+  monkeypatch.setattr(sweep, "time_interleaved", lambda calls, reps, budget_s: {
+      "jaxsoftmax": [0.5] * 3, "jax.nn": [1.0] * 3})
+  parts = []
+  doc = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2, 3], partial=parts.append)
+  assert [len(p["rows"]) for p in parts] == [1, 2] and not any(p["complete"] for p in parts)
+  assert doc["complete"] is True and doc["rows"] == parts[-1]["rows"]
+
+
 def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
   assert cli.main(["bench", "--sweep", "--ops", "linear_cross_entropy[filter]",
                    "--out", str(tmp_path)]) == 2
