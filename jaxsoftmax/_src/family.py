@@ -8,11 +8,15 @@ Algorithm: max-subtraction ("stable softmax"). For a row ``x`` and ``m = max(x)`
 which is exact in real arithmetic (the ``e^{-m}`` cancels) and never overflows: every exponent is
 ``<= 0``. float16/bfloat16 inputs are computed in float32 and rounded once, as torch does.
 
-Derivatives are ``jax.custom_vjp`` rules. softmax keeps its output ``y``; log_softmax keeps the
-exponentials ``e = exp(x - m)`` and their row sums ``s`` (``e^y = e / s``, so its backward needs no
-``exp``). Both are kept at compute precision: for float16/bfloat16 inputs, float32, so the
-gradient is also computed in float32 and rounded once: within half an ulp of the exact one, where
-keeping the half-precision output, as torch's half kernels do, is not (benchmarks/NOTES.md):
+Derivatives are ``jax.custom_vjp`` rules. For float32 (and float64) inputs softmax keeps its
+output ``y``; log_softmax keeps the exponentials ``e = exp(x - m)`` and their row sums ``s``
+(``e^y = e / s``, so its backward needs no ``exp``). For float16/bfloat16 inputs both keep ``x``
+itself and the row statistics ``m`` (and ``s``), and the backward rebuilds the forward's float32
+``y`` or ``e`` from them: the gradient is computed in float32 and rounded once, within half an ulp
+of the exact one, where keeping the half-precision output, as torch's half kernels and jax.nn do,
+is not (benchmarks/NOTES.md); and the residual is 2 bytes per element, the peer's, not a float32
+copy's 4 (one more ``exp`` per element in the backward: time-neutral on XLA:CPU and on an H100,
+benchmarks/NOTES.md, 2026-11-26 evening):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
           \\bar x = \\bar y - \\frac{e}{s} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
@@ -84,18 +88,35 @@ def _softmax_xla(x, where, axes, temperature, negate):
   return _softmax_xla_fwd(x, where, axes, temperature, negate)[0]
 
 
+def _half(x) -> bool:
+  """A 16-bit input, computed in float32: its residual is ``x`` itself and the row statistics."""
+  return checks.compute_dtype(x.dtype) != x.dtype
+
+
+def _exps(x, where, temperature, negate, m):
+  """``e = exp(x' - m)`` of the scaled logits ``x'``, 0 where masked: the forward's, and the
+  backward's from the kept ``x`` and ``m`` by the same operations (so the same values)."""
+  return _keep(where, jnp.exp(scaled(x, negate, temperature) - m))
+
+
 def _softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
+  m = _max(x, xc, axes, where, temperature, negate)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
-  e = _keep(where, jnp.exp(xc - _max(x, xc, axes, where, temperature, negate)))
-  y = _keep(where, e / row_sum(e, axes))
-  # Residual: the output only, at compute precision (see the module docstring). With a mask, the
-  # mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
-  return y.astype(x.dtype), (y, where)
+  e = _keep(where, jnp.exp(xc - m))
+  s = row_sum(e, axes)
+  y = _keep(where, e / s)
+  # Residual (see the module docstring): float32 y, or for a 16-bit x, x and the row statistics
+  # (m, s), from which the backward rebuilds the same float32 y. With a mask, the mask is kept
+  # too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
+  kept = (x, m, s) if _half(x) else (y, None, None)
+  return y.astype(x.dtype), (kept, where)
 
 
 def _softmax_xla_bwd(axes, temperature, negate, res, g):
-  y, where = res
+  (y, m, s), where = res
+  if m is not None:  # a 16-bit x: y = e / s again, in float32
+    y = _keep(where, _exps(y, where, temperature, negate, m) / s)
   gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - row_sum(gc * y, axes))
   return _input_grad(dx, where, temperature, negate, g.dtype)
@@ -111,22 +132,27 @@ def _log_softmax_xla(x, where, axes, temperature, negate):
 
 def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
-  shifted = xc - _max(x, xc, axes, where, temperature, negate)
+  m = _max(x, xc, axes, where, temperature, negate)
+  shifted = xc - m
   e = _keep(where, jnp.exp(shifted))
   s = row_sum(e, axes)
   y = _keep(where, shifted - jnp.log(s), NEG_INF)
   # Residual: the exponentials e = exp(x - m) and their row sums s, so the backward is
   # g - e (sum g) / s with no exp of its own (e^y = e / s). Keeping y instead made the backward
   # recompute e^y: 0.6-0.8x of jax.nn's backward on XLA:CPU, which keeps e too (benchmarks/
-  # NOTES.md, 2026-11-26). Memory: one (N, C) array at compute precision plus one per row, what
-  # the peer holds. The forward alone never builds them (XLA drops unused residuals). With a
-  # mask, a masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit
-  # (gradient = upstream gradient, as in torch): e is 0 there either way, so the mask is kept.
-  return y.astype(x.dtype), (e, s, where)
+  # NOTES.md, 2026-11-26). For a 16-bit x, x and m instead of e: the backward rebuilds the same
+  # float32 e with one exp per element, and the residual is 2 bytes per element, as the peer's.
+  # The forward alone never builds any of them (XLA drops unused residuals). With a mask, a
+  # masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit (gradient =
+  # upstream gradient, as in torch): e is 0 there either way, so the mask is kept.
+  kept = (x, m) if _half(x) else (e, None)
+  return y.astype(x.dtype), (kept, s, where)
 
 
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
-  e, s, where = res
+  (e, m), s, where = res
+  if m is not None:  # a 16-bit x: e = exp(x - m) again, in float32
+    e = _exps(e, where, temperature, negate, m)
   gc = _keep(where, g.astype(e.dtype))
   dx = gc + e * (-row_sum(gc, axes) / s)
   return _input_grad(dx, where, temperature, negate, g.dtype)
@@ -240,9 +266,9 @@ def _auto_ops(temperature, negate, log):
   def backward_plain(y, g):
     yc = y.astype(checks.compute_dtype(y.dtype))
     if log:  # the XLA rule's residual from y: e = e^y, with row sums of 1
-      res = (jnp.exp(yc), jnp.ones(yc.shape[:-1] + (1,), yc.dtype), None)
+      res = ((jnp.exp(yc), None), jnp.ones(yc.shape[:-1] + (1,), yc.dtype), None)
       return _log_softmax_xla_bwd((1,), temperature, negate, res, g)[0]
-    return _softmax_xla_bwd((1,), temperature, negate, (yc, None), g)[0]
+    return _softmax_xla_bwd((1,), temperature, negate, ((yc, None, None), None), g)[0]
 
   forward = custom_partitioning(forward_plain)
   backward = custom_partitioning(backward_plain)

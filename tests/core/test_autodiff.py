@@ -41,20 +41,42 @@ def _ref_cross_entropy(x, labels, weight, ignore_index, eps, reduction):
 
 
 @pytest.mark.parametrize("fn", [jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_softmax_family_keeps_one_logits_sized_array(fn, dtype):
-  """softmax / softmin keep their output; log_softmax its exponentials and their row sums (its
-  backward then needs no exp: benchmarks/NOTES.md). Either way one logits-sized array, float32
-  for half inputs (the gradient is rounded once), and nothing else but per-row values."""
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_softmax_family_keeps_one_logits_sized_array_no_wider_than_the_input(fn, dtype):
+  """float32: softmax / softmin keep their output, log_softmax its exponentials and their row
+  sums (its backward then needs no exp: benchmarks/NOTES.md). 16-bit: the input itself and the
+  row statistics, so the residual is as narrow as jax.nn's (issue 17: no more memory than the
+  peer), where a float32 output or exponentials would be twice that. Per-row values besides."""
   residuals = saved_residuals(fn, X.astype(dtype))
   big = [(aval, source) for aval, source in residuals if aval.size >= X.size]
   assert len(big) == 1, residuals
   aval, source = big[0]
-  assert aval.shape == X.shape and "output" in source
-  assert aval.dtype == jnp.float32
+  assert aval.shape == X.shape and aval.dtype == dtype
+  assert ("argument" if dtype != jnp.float32 else "output") in source, source
   rows = [aval for aval, _ in residuals if aval.size < X.size]
-  assert len(rows) == (1 if fn is jaxsoftmax.log_softmax else 0), residuals
+  per_row = 1 if fn is jaxsoftmax.log_softmax else 0
+  assert len(rows) == (per_row if dtype == jnp.float32 else 2), residuals
   assert all(a.shape == X.shape[:-1] + (1,) and a.dtype == jnp.float32 for a in rows), rows
+
+
+@pytest.mark.parametrize("fn", [
+    jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin,
+    lambda x: jaxsoftmax.softmax(x, temperature=0.7),
+    lambda x: jaxsoftmax.log_softmax(x, temperature=3.0),
+    lambda x: jaxsoftmax.softmax(x, where=X > -0.5),
+    lambda x: jaxsoftmax.log_softmax(x, where=X > -0.5, axis=0),
+])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_a_half_gradient_is_the_float32_gradient_rounded_once(fn, dtype):
+  """The 16-bit backward rebuilds the forward's float32 values from x and the row statistics:
+  its gradient must be, bit for bit, the float32 computation's gradient on the same (exactly
+  widened) inputs, rounded once."""
+  x = (X * 4).astype(dtype)
+  g = jnp.asarray(np.random.default_rng(3).normal(size=X.shape), dtype)
+  half = jax.vjp(fn, x)[1](g)[0]
+  wide = jax.vjp(fn, x.astype(jnp.float32))[1](g.astype(jnp.float32))[0]
+  assert half.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(half), np.asarray(wide.astype(dtype)))
 
 
 def test_cross_entropy_keeps_at_most_one_logits_sized_array():
