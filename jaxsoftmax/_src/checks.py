@@ -41,6 +41,21 @@ def compute_dtype(dtype) -> np.dtype:
   return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
 
 
+#: From this many elements up, a 16-bit input is kept as the backward's residual in place of a
+#: float32 array derived from it (the softmax family's y or e, cross_entropy's e), which the
+#: backward then rebuilds by the forward's own operations: 2 bytes per element, what jax.nn and
+#: optax keep, not 4. Below it the float32 array (at most 4 MiB) is kept: there the rebuilt
+#: exponentials made XLA:CPU split the backward's loop over both cores, whose wake-up cost more than
+#: the loop (cross_entropy bfloat16 backward at (1024, 2): 0.37x of optax's; (4096, 128): 0.74x;
+#: benchmarks/NOTES.md, 2026-11-26 evening).
+REBUILD_FROM = 2**20
+
+
+def rebuilds_from_input(x) -> bool:
+  """Whether the backward rebuilds its float32 values from a kept 16-bit ``x`` (REBUILD_FROM)."""
+  return compute_dtype(x.dtype) != x.dtype and x.size >= REBUILD_FROM
+
+
 def normalize_axis(axis, ndim: int, op: str, name: str = "axis") -> int:
   """Wraps a possibly negative axis, as torch's ``maybe_wrap_dim`` does (0-d arrays accept 0 and -1)."""
   if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):

@@ -10,13 +10,13 @@ which is exact in real arithmetic (the ``e^{-m}`` cancels) and never overflows: 
 
 Derivatives are ``jax.custom_vjp`` rules. For float32 (and float64) inputs softmax keeps its
 output ``y``; log_softmax keeps the exponentials ``e = exp(x - m)`` and their row sums ``s``
-(``e^y = e / s``, so its backward needs no ``exp``). For float16/bfloat16 inputs both keep ``x``
-itself and the row statistics ``m`` (and ``s``), and the backward rebuilds the forward's float32
-``y`` or ``e`` from them: the gradient is computed in float32 and rounded once, within half an ulp
-of the exact one, where keeping the half-precision output, as torch's half kernels and jax.nn do,
-is not (benchmarks/NOTES.md); and the residual is 2 bytes per element, the peer's, not a float32
-copy's 4 (one more ``exp`` per element in the backward: time-neutral on XLA:CPU and on an H100,
-benchmarks/NOTES.md, 2026-11-26 evening):
+(``e^y = e / s``, so its backward needs no ``exp``). Either way the gradient is computed in float32
+and, for float16/bfloat16 inputs, rounded once: within half an ulp of the exact one, where keeping
+the half-precision output, as torch's half kernels and jax.nn do, is not (benchmarks/NOTES.md).
+A 16-bit input of at least ``2^20`` elements keeps ``x`` itself and the row statistics ``m`` (and
+``s``) instead, and the backward rebuilds the forward's float32 ``y`` or ``e`` from them: the same
+values, and 2 bytes per element, the peer's, not a float32 copy's 4, for one more ``exp`` per
+element (fwd+bwd time-neutral on XLA:CPU and an H100; ``checks.REBUILD_FROM`` says why not below):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
           \\bar x = \\bar y - \\frac{e}{s} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
@@ -88,11 +88,6 @@ def _softmax_xla(x, where, axes, temperature, negate):
   return _softmax_xla_fwd(x, where, axes, temperature, negate)[0]
 
 
-def _half(x) -> bool:
-  """A 16-bit input, computed in float32: its residual is ``x`` itself and the row statistics."""
-  return checks.compute_dtype(x.dtype) != x.dtype
-
-
 def _exps(x, where, temperature, negate, m):
   """``e = exp(x' - m)`` of the scaled logits ``x'``, 0 where masked: the forward's, and the
   backward's from the kept ``x`` and ``m`` by the same operations (so the same values)."""
@@ -106,10 +101,10 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
   e = _keep(where, jnp.exp(xc - m))
   s = row_sum(e, axes)
   y = _keep(where, e / s)
-  # Residual (see the module docstring): float32 y, or for a 16-bit x, x and the row statistics
-  # (m, s), from which the backward rebuilds the same float32 y. With a mask, the mask is kept
+  # Residual (see the module docstring): float32 y, or for a large 16-bit x, x and the row
+  # statistics (m, s), from which the backward rebuilds the same float32 y (checks.REBUILD_FROM). With a mask, the mask is kept
   # too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
-  kept = (x, m, s) if _half(x) else (y, None, None)
+  kept = (x, m, s) if checks.rebuilds_from_input(x) else (y, None, None)
   return y.astype(x.dtype), (kept, where)
 
 
@@ -140,12 +135,13 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   # Residual: the exponentials e = exp(x - m) and their row sums s, so the backward is
   # g - e (sum g) / s with no exp of its own (e^y = e / s). Keeping y instead made the backward
   # recompute e^y: 0.6-0.8x of jax.nn's backward on XLA:CPU, which keeps e too (benchmarks/
-  # NOTES.md, 2026-11-26). For a 16-bit x, x and m instead of e: the backward rebuilds the same
-  # float32 e with one exp per element, and the residual is 2 bytes per element, as the peer's.
+  # NOTES.md, 2026-11-26). For a large 16-bit x, x and m instead of e (checks.REBUILD_FROM): the
+  # backward rebuilds the same float32 e with one exp per element, and the residual is 2 bytes per
+  # element, as the peer's.
   # The forward alone never builds any of them (XLA drops unused residuals). With a mask, a
   # masked entry (-inf, zero gradient) must be told apart from a genuine -inf logit (gradient =
   # upstream gradient, as in torch): e is 0 there either way, so the mask is kept.
-  kept = (x, m) if _half(x) else (e, None)
+  kept = (x, m) if checks.rebuilds_from_input(x) else (e, None)
   return y.astype(x.dtype), (kept, s, where)
 
 

@@ -15,10 +15,12 @@ Ignored examples contribute 0. ``reduction="mean"`` divides integer-label losses
 ``sum_n w_{y_n}`` over the kept examples (so all-ignored gives NaN, as torch), and
 probability-target losses by the number of examples.
 
-Backward passes are ``jax.custom_vjp`` rules. ``cross_entropy`` with integer labels keeps one
-logits-sized array, the forward's ``exp(x - max)``, plus row-sized sums, so its backward needs no
-exponential of its own (probability targets keep the logits and targets, which the caller holds
-anyway, since their gradient needs every ``lsm``). The backward forms
+Backward passes are ``jax.custom_vjp`` rules. ``cross_entropy`` keeps one logits-sized array,
+the forward's float32 ``exp(x - max)``, plus row-sized sums, so its backward needs no exponential
+of its own; for float16/bfloat16 logits of ``2^20`` elements or more it keeps the logits instead
+and rebuilds the same float32 exponentials (2 bytes per element, as optax's autodiff holds, not
+4). Probability targets also keep the logits and targets where those are differentiated, since
+their gradient needs every ``lsm``. The backward forms
 
 .. math:: \\bar x_{n,c} = G_n\\,(a_n\\,p_{n,c} - b_{n,c}),\\quad p = e^{x - \\mathrm{lse}}
 
@@ -59,7 +61,8 @@ class LossOptions:
 
 # ----------------------------------------------------------------------------------------------
 # cross_entropy with integer labels, XLA backend. Residuals: the exponentials exp(x - m) (the one
-# logits-sized array: the backward needs no exp of its own), row-sized m, their row sums and
+# logits-sized array: the backward needs no exp of its own; a large 16-bit x instead of them, from
+# which the backward rebuilds them: _exps_of), row-sized m, their row sums and
 # lsm[y]. The logits themselves are kept only for the exact weight gradient under label
 # smoothing, which needs every lsm[c].
 
@@ -102,14 +105,30 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
   # the JAX idiom at (64, 128)). Static choices only: see xent.absent.
   dw = weight is not None
   plain = weight is None and opts.ignore_index is None
-  return (out, rows), (e, total, m, lsm_y if dw else None, labels, weight,
+  # For a large 16-bit x, x itself stands in for e (_exps_of): 2 bytes per element, as optax's.
+  return (out, rows), (_stand_in(x, e), total, m, lsm_y if dw else None, labels, weight,
                        None if plain else denominator, ce if dw else None,
                        x if dw and eps > 0.0 else None, count if opts.z_loss else None)
+
+
+def _exps_of(kept, m):
+  """The forward's ``e = exp(x - m)`` (compute precision) from the residual that stands for it:
+  ``e`` itself, or for a 16-bit ``x``, ``x``, from which it is rebuilt by the forward's own
+  operations (so the same values, and the gradient is still rounded once). Keeping ``x`` holds
+  2 bytes per element, what optax's autodiff holds, where a float32 ``e`` held 4."""
+  ct = checks.compute_dtype(kept.dtype)
+  return kept if ct == kept.dtype else jnp.exp(kept.astype(ct) - m)
+
+
+def _stand_in(x, e):
+  """The residual standing for ``e``: ``x`` where the backward rebuilds ``e`` from it."""
+  return x if checks.rebuilds_from_input(x) else e
 
 
 def _ce_labels_xla_bwd(axis, opts, res, g):
   e, total, m, lsm_y, labels, weight, denominator, out, x, count = res
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  e = _exps_of(e, m)
   ct = e.dtype
   num_classes, eps = e.shape[axis], opts.label_smoothing
   if denominator is None:  # no weights, nothing ignored: the mean divides by N
@@ -286,17 +305,20 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   z = xent.z_rows(lse, jnp.ones(lse.shape, bool), z_loss)
   out = xent.reduce_with_z(losses, z, n_rows, n_rows, reduction).astype(x.dtype)
   # Residuals: the exponentials (the backward's softmax is e / total, no exp of its own; one
-  # logits-sized array at compute precision, as optax's autodiff keeps). The logits too, but only
+  # logits-sized array, as optax's autodiff keeps; for a 16-bit x, x instead). The logits too, only
   # when the targets or the class weights are differentiated: their gradients need the exact
   # log-softmax (x - m - log total), which e cannot give back where it underflowed.
   aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
   keep_x = perturbed is None or perturbed[1] or (weight is not None and perturbed[2])
-  return (out, aux), (x if keep_x else xent.absent(x), e, targets, weight, m, total, lse)
+  # For a large 16-bit x, x itself stands in for e (_exps_of): 2 bytes per element, as optax's.
+  return (out, aux), (x if keep_x else xent.absent(x), _stand_in(x, e), targets, weight, m, total,
+                      lse)
 
 
 def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
   x, e, targets, weight, m, total, lse = res
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  e = _exps_of(e, m)
   ct = e.dtype
   num_classes = e.shape[axis]
   n_rows = jnp.asarray(e.size // num_classes if num_classes else 0, ct)
