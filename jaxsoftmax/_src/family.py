@@ -14,8 +14,9 @@ output ``y``; log_softmax keeps the exponentials ``e = exp(x - m)`` and their ro
 and, for float16/bfloat16 inputs, rounded once: within half an ulp of the exact one, where keeping
 the half-precision output, as torch's half kernels and jax.nn do, is not (benchmarks/NOTES.md).
 A 16-bit input of at least ``2^20`` elements keeps ``x`` itself and the row statistics ``m`` (and
-``s``) instead, and the backward rebuilds the forward's float32 ``y`` or ``e`` from them: the same
-values, and 2 bytes per element, the peer's, not a float32 copy's 4, for one more ``exp`` per
+``s``) instead, and the backward rebuilds the forward's float32 ``y`` or ``e`` from them by the
+same operations (in another fusion, so up to float32 rounding: rare one-ulp flips in the 16-bit
+gradient), at 2 bytes per element, the peer's, not a float32 copy's 4, for one more ``exp`` per
 element (fwd+bwd time-neutral on XLA:CPU and an H100; ``checks.REBUILD_FROM`` says why not below):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
@@ -90,7 +91,8 @@ def _softmax_xla(x, where, axes, temperature, negate):
 
 def _exps(x, where, temperature, negate, m):
   """``e = exp(x' - m)`` of the scaled logits ``x'``, 0 where masked: the forward's, and the
-  backward's from the kept ``x`` and ``m`` by the same operations (so the same values)."""
+  backward's from the kept ``x`` and ``m`` by the same operations (the same values up to how
+  XLA rounds a float32 step in another fusion)."""
   return _keep(where, jnp.exp(scaled(x, negate, temperature) - m))
 
 
@@ -102,15 +104,16 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
   s = row_sum(e, axes)
   y = _keep(where, e / s)
   # Residual (see the module docstring): float32 y, or for a large 16-bit x, x and the row
-  # statistics (m, s), from which the backward rebuilds the same float32 y (checks.REBUILD_FROM). With a mask, the mask is kept
-  # too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's gradient.
+  # statistics (m, s), from which the backward rebuilds the float32 y (checks.REBUILD_FROM). With
+  # a mask, the mask is kept too: y == 0 at masked entries, but 0 * NaN would leak a NaN row's
+  # gradient.
   kept = (x, m, s) if checks.rebuilds_from_input(x) else (y, None, None)
   return y.astype(x.dtype), (kept, where)
 
 
 def _softmax_xla_bwd(axes, temperature, negate, res, g):
   (y, m, s), where = res
-  if m is not None:  # a 16-bit x: y = e / s again, in float32
+  if m is not None:  # a large 16-bit x: y = e / s again, in float32
     y = _keep(where, _exps(y, where, temperature, negate, m) / s)
   gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - row_sum(gc * y, axes))
@@ -147,7 +150,7 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
 
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
   (e, m), s, where = res
-  if m is not None:  # a 16-bit x: e = exp(x - m) again, in float32
+  if m is not None:  # a large 16-bit x: e = exp(x - m) again, in float32
     e = _exps(e, where, temperature, negate, m)
   gc = _keep(where, g.astype(e.dtype))
   dx = gc + e * (-row_sum(gc, axes) / s)

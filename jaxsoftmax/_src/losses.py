@@ -113,9 +113,10 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
 
 def _exps_of(kept, m):
   """The forward's ``e = exp(x - m)`` (compute precision) from the residual that stands for it:
-  ``e`` itself, or for a 16-bit ``x``, ``x``, from which it is rebuilt by the forward's own
-  operations (so the same values, and the gradient is still rounded once). Keeping ``x`` holds
-  2 bytes per element, what optax's autodiff holds, where a float32 ``e`` held 4."""
+  ``e`` itself, or for a large 16-bit ``x`` (checks.REBUILD_FROM), ``x``, from which it is
+  rebuilt by the forward's own operations (the same values up to float32 rounding in another
+  fusion). Keeping ``x`` holds 2 bytes per element, what optax's autodiff holds, where a float32
+  ``e`` held 4."""
   ct = checks.compute_dtype(kept.dtype)
   return kept if ct == kept.dtype else jnp.exp(kept.astype(ct) - m)
 
