@@ -3,8 +3,10 @@
 Times fwd+bwd (``y, vjp(g)`` in one jitted call) of three formulations side by side, interleaved,
 on the default device:
 
-- ``ours``: ``jaxsoftmax`` as shipped (implementation="xla"): softmax keeps its float32 output,
-  log_softmax / cross_entropy keep ``e = exp(x - m)`` in float32 (4 bytes per element).
+- ``ours``: ``jaxsoftmax`` as shipped (implementation="xla"). At the H100 run (e1cbe0e) softmax
+  kept its float32 output, log_softmax / cross_entropy ``e = exp(x - m)`` in float32 (4 bytes per
+  element); since b6c2b2c a 16-bit input of 2^20 elements or more keeps ``x`` instead
+  (``checks.REBUILD_FROM``), so there ``ours`` and ``recompute`` are the same residual.
 - ``recompute``: keeps ``x`` in its own dtype (2 bytes per element in bfloat16; the caller holds
   ``x`` anyway) and the row statistics, and rebuilds the same float32 ``e`` in the backward: the
   same gradient, rounded once, for one more ``exp`` per element.

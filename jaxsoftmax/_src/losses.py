@@ -306,7 +306,7 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   z = xent.z_rows(lse, jnp.ones(lse.shape, bool), z_loss)
   out = xent.reduce_with_z(losses, z, n_rows, n_rows, reduction).astype(x.dtype)
   # Residuals: the exponentials (the backward's softmax is e / total, no exp of its own; one
-  # logits-sized array, as optax's autodiff keeps; for a 16-bit x, x instead). The logits too, only
+  # logits-sized array, as optax's autodiff keeps; for a large 16-bit x, x). The logits too, only
   # when the targets or the class weights are differentiated: their gradients need the exact
   # log-softmax (x - m - log total), which e cannot give back where it underflowed.
   aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
