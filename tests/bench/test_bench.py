@@ -2,6 +2,7 @@
 real figures come from `jaxsoftmax bench`, never from a timed test)."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +27,29 @@ def test_providers_are_interleaved_and_rotated():
   times = bench.time_interleaved(calls, reps=3, warmup=1, budget_s=10)
   assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
   assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
+
+
+def test_a_slow_first_call_does_not_cut_the_timed_repetitions():
+  # The count is bounded by the budget spent timing, not planned from the warm-up: a first call
+  # 10x slower than the rest (buffers page-faulted, caches filled) must not leave 3 samples.
+  count = {"calls": 0}
+
+  def call():
+    count["calls"] += 1
+    if count["calls"] == 1:
+      time.sleep(0.3)
+
+  times = bench.time_interleaved({"a": call, "b": lambda: None}, reps=50, warmup=1, budget_s=0.2)
+  assert {k: len(v) for k, v in times.items()} == {"a": 50, "b": 50}
+
+
+def test_the_budget_bounds_the_rotations_but_never_below_three():
+  times = bench.time_interleaved({"a": lambda: time.sleep(0.05)}, reps=100, warmup=0,
+                                 budget_s=0.01)
+  assert len(times["a"]) == 3
+  times = bench.time_interleaved({"a": lambda: time.sleep(0.01)}, reps=100, warmup=0,
+                                 budget_s=0.1)
+  assert 3 < len(times["a"]) < 100
 
 
 def test_a_call_may_report_its_own_time():
