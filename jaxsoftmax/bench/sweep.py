@@ -70,7 +70,7 @@ def grid(op: str, rows: Sequence[int] | None = None, cols: Sequence[int] | None 
 
 def run(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *,
         rows: Sequence[int] | None = None, cols: Sequence[int] | None = None,
-        max_elements: int = MAX_ELEMENTS, budget_s: float = 0.4, max_reps: int = 200,
+        max_elements: int = MAX_ELEMENTS, budget_s: float = 0.4, max_reps: int = 1000,
         progress=None, partial: Callable[[dict], object] | None = None) -> dict:
   """Times every configuration; returns the sweep document (rows of ours vs peer).
 
