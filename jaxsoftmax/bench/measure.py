@@ -26,9 +26,9 @@ __all__ = ["time_interleaved", "copy_gbps", "peak_rss", "child_main", "run"]
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                      budget_s: float = 20.0) -> dict[str, list[float]]:
+                      budget_s: float = 20.0, min_reps: int = 3) -> dict[str, list[float]]:
   """Seconds per call for each provider, interleaved and rotated: ``reps`` rotations, or fewer
-  (never under 3) once the timed rotations have taken ``budget_s`` of wall time.
+  (never under ``min_reps``) once the timed rotations have taken ``budget_s`` of wall time.
 
   The count is not planned from the warm-up: a first call that page-faults its buffers or fills
   a cache can take 10x a typical one, and a plan from it cut the sweep's 0.6 ms cells to about
@@ -47,7 +47,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], reps: int, warmup: 
   times = {n: [] for n in names}
   start = time.perf_counter()
   for r in range(reps):
-    if r >= 3 and time.perf_counter() - start > budget_s:
+    if r >= min_reps and time.perf_counter() - start > budget_s:
       break
     for name in names[r % len(names):] + names[:r % len(names)]:
       times[name].append(timed(calls[name]))

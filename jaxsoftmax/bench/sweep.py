@@ -28,8 +28,8 @@ from .measure import _device, _versions, time_interleaved
 from .providers import jax_setup
 
 __all__ = ["SWEEP_OPS", "SWEEP_PEER", "ROWS", "COLS", "LINEAR_ROWS", "LINEAR_COLS", "LINEAR_D",
-           "MAX_ELEMENTS", "FLOOR", "TARGET", "CONFIRM", "CONFIRM_ABOVE", "grid", "run", "summary",
-           "write", "heatmaps"]
+           "MAX_ELEMENTS", "FLOOR", "TARGET", "CONFIRM", "CONFIRM_ABOVE", "MIN_REPS", "grid", "run",
+           "summary", "write", "heatmaps"]
 
 SWEEP_OPS = ("softmax", "log_softmax", "softmin", "cross_entropy", "cross_entropy[probs]",
              "nll_loss", "linear_cross_entropy")
@@ -55,6 +55,10 @@ FLOOR, TARGET = 0.95, 1.1
 # parity, is timed CONFIRM more times.
 CONFIRM = 2
 CONFIRM_ABOVE = 1 / 0.85
+# Rotations per round however long a call takes: with the budget alone a cell of 100 ms or more
+# got 3 calls a round, and its three rounds still spread by 0.10 in median (benchmarks/NOTES.md,
+# fifth pass), where a 0.1-1 ms cell's, with hundreds of calls, spread by 0.03.
+MIN_REPS = 7
 
 
 def grid(op: str, rows: Sequence[int] | None = None, cols: Sequence[int] | None = None,
@@ -116,7 +120,8 @@ def run(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *,
         if rounds:
           names = (peer, "jaxsoftmax") if len(rounds) % 2 else ("jaxsoftmax", peer)
           calls = {name: jax_setup(op, name, shape, dtype, [mode])[0][mode] for name in names}
-        times = time_interleaved(calls, reps=max_reps, budget_s=budget_s)
+        times = time_interleaved(calls, reps=max_reps, budget_s=budget_s,
+                                 min_reps=min(MIN_REPS, max_reps))
         a, b = float(np.median(times["jaxsoftmax"])), float(np.median(times[peer]))
         rounds.append((a, b))
         first = rounds[0][1] / rounds[0][0]

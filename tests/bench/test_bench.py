@@ -50,6 +50,10 @@ def test_the_budget_bounds_the_rotations_but_never_below_three():
   times = bench.time_interleaved({"a": lambda: time.sleep(0.01)}, reps=100, warmup=0,
                                  budget_s=0.1)
   assert 3 < len(times["a"]) < 100
+  # A slow call still gets min_reps samples (the sweep asks for MIN_REPS).
+  times = bench.time_interleaved({"a": lambda: time.sleep(0.02)}, reps=100, warmup=0,
+                                 budget_s=0.01, min_reps=7)
+  assert len(times["a"]) == 7
 
 
 def test_a_call_may_report_its_own_time():
