@@ -72,7 +72,7 @@ def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
     built.append((impl, tuple(modes)))
     return {m: (impl, len(built)) for m in modes}, {m: None for m in modes}
 
-  def timing(calls, reps, budget_s):  # a loss in round 1, a clear win after: re-timed anyway
+  def timing(calls, reps, budget_s, min_reps):  # a loss in round 1, a clear win after: re-timed anyway
     timed.append(dict(calls))
     slow = 1.0 if len(timed) == 1 else 0.5
     return {"jaxsoftmax": [slow] * 3, "jax.nn": [0.9] * 3}
@@ -99,7 +99,7 @@ def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
   def setup(op, impl, shape, dtype, modes):
     return {m: (impl, shape) for m in modes}, {m: None for m in modes}
 
-  def timing(calls, reps, budget_s):
+  def timing(calls, reps, budget_s, min_reps):
     shape = next(iter(calls.values()))[1]
     if shape == (1, 3):
       raise KeyboardInterrupt  # what the time limit's signal does to the second shape
@@ -119,7 +119,7 @@ def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
   assert cli.main(["bench", "--chart", str(path)]) == 0
   assert [p.name for p in tmp_path.glob("*.png")] == [path.stem + "-float32.png"]
   capsys.readouterr()
-  monkeypatch.setattr(sweep, "time_interleaved", lambda calls, reps, budget_s: {
+  monkeypatch.setattr(sweep, "time_interleaved", lambda calls, reps, budget_s, min_reps: {
       "jaxsoftmax": [0.5] * 3, "jax.nn": [1.0] * 3})
   parts = []
   doc = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2, 3], partial=parts.append)
