@@ -72,7 +72,8 @@ def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
     built.append((impl, tuple(modes)))
     return {m: (impl, len(built)) for m in modes}, {m: None for m in modes}
 
-  def timing(calls, reps, budget_s, min_reps):  # a loss in round 1, a clear win after: re-timed anyway
+  def timing(calls, reps, budget_s, min_reps):  # a loss in round 1, a clear win after: re-timed
+    assert min_reps == sweep.MIN_REPS  # however slow a call, a round has MIN_REPS samples
     timed.append(dict(calls))
     slow = 1.0 if len(timed) == 1 else 0.5
     return {"jaxsoftmax": [slow] * 3, "jax.nn": [0.9] * 3}
