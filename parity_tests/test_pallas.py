@@ -273,6 +273,10 @@ def test_a_table_entry_takes_the_kernels_and_the_program_still_runs_on_cpu(kerne
   # Lowered for this CPU, the platform switch takes the reference branch: no interpreter.
   cpu_text = jax.jit(jaxsoftmax.softmax).trace(x).lower(lowering_platforms=("cpu",)).as_text()
   assert "pallas_call" not in cpu_text and "triton" not in cpu_text
+  # Run on the CPU this test names, not the default device: on a GPU machine that would run the
+  # Triton kernels (and their backend's DeprecationWarning), which the compiled tests cover.
+  cpu = jax.devices("cpu")[0]
+  x, labels = jax.device_put(x, cpu), jax.device_put(labels, cpu)
   got = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels))(x)
   want = jax.value_and_grad(lambda x: jaxsoftmax.cross_entropy(x, labels,
                                                                implementation="xla"))(x)
