@@ -17,7 +17,8 @@ A 16-bit input of at least ``2^20`` elements keeps ``x`` itself and the row stat
 ``s``) instead, and the backward rebuilds the forward's float32 ``y`` or ``e`` from them by the
 same operations (in another fusion, so up to float32 rounding: rare one-ulp flips in the 16-bit
 gradient), at 2 bytes per element, the peer's, not a float32 copy's 4, for one more ``exp`` per
-element (fwd+bwd time-neutral on XLA:CPU and an H100; ``checks.REBUILD_FROM`` says why not below):
+element (``checks.REBUILD_FROM`` says why not below; for softmax in one fwd+bwd program, ``_apart``
+says how XLA is kept from writing the float32 copy anyway):
 
 .. math:: \\bar x = y \\odot (\\bar y - \\langle \\bar y, y \\rangle) \\;\\text{(softmax)}, \\qquad
           \\bar x = \\bar y - \\frac{e}{s} \\textstyle\\sum \\bar y \\;\\text{(log_softmax)}
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -96,6 +99,29 @@ def _exps(x, where, temperature, negate, m):
   return _keep(where, jnp.exp(scaled(x, negate, temperature) - m))
 
 
+#: Row length (classes) from which softmax's rebuilt residual is fenced off on a GPU (_apart).
+GPU_APART_FROM = 16384
+
+
+def _apart(kept, axes):
+  """softmax's rebuilt residual ``(x, m, s)`` as the backward receives it, behind
+  ``lax.optimization_barrier``: in a fwd+bwd program XLA could otherwise merge the backward's
+  rebuilt float32 ``y`` with the forward's and write one float32 copy that both passes read
+  (4 bytes per element written, read twice), which is what it did: twice jax.nn's temp memory,
+  0.92x of its time at bfloat16 (1024, 8192) on this CPU, 0.74x at (4096, 32768) on an H200.
+  Fenced, the backward recomputes ``exp`` from the 16-bit ``x`` as jax.nn does: 1.16x and 0.88x
+  there, the peer's memory. In the backward, not the forward, so the residual stays ``x`` itself
+  (a fenced forward output would be a copy where the two passes are separate programs). On a GPU
+  only from ``GPU_APART_FROM`` classes: shorter rows are one Triton fusion per pass in both
+  programs, and the fence split it (0.75x at (4096, 1024)). log_softmax is not fenced (slower on
+  both). TPU: unmeasured, unfenced. Chosen when the program is lowered (benchmarks/NOTES.md,
+  2026-11-26, third GPU session)."""
+  fenced = lambda *k: lax.optimization_barrier(k)
+  plain = lambda *k: k
+  gpu = fenced if math.prod(kept[0].shape[a] for a in axes) >= GPU_APART_FROM else plain
+  return lax.platform_dependent(*kept, cpu=fenced, cuda=gpu, rocm=gpu, default=plain)
+
+
 def _softmax_xla_fwd(x, where, axes, temperature, negate):
   xc = scaled(x, negate, temperature)
   m = _max(x, xc, axes, where, temperature, negate)
@@ -114,6 +140,7 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
 def _softmax_xla_bwd(axes, temperature, negate, res, g):
   (y, m, s), where = res
   if m is not None:  # a large 16-bit x: y = e / s again, in float32
+    y, m, s = _apart((y, m, s), axes)
     y = _keep(where, _exps(y, where, temperature, negate, m) / s)
   gc = _keep(where, g.astype(y.dtype))
   dx = y * (gc - row_sum(gc * y, axes))

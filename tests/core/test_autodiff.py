@@ -75,6 +75,42 @@ def test_softmax_family_keeps_one_logits_sized_array_no_wider_than_the_input(fn,
   assert all(a.shape == shape[:-1] + (1,) and a.dtype == jnp.float32 for a in rows), rows
 
 
+def _fwd_bwd(fn):
+  """``x, g -> (fn(x), vjp(g))`` in one program, as a training step runs a loss's two passes."""
+  def step(x, g):
+    y, vjp = jax.vjp(fn, x)
+    return y, vjp(g)
+  return step
+
+
+@pytest.mark.parametrize("ours, peer", [(jaxsoftmax.softmax, jax.nn.softmax),
+                                        (jaxsoftmax.softmin, lambda x: jax.nn.softmax(-x))],
+                         ids=["softmax", "softmin"])
+def test_a_large_half_softmax_step_holds_no_more_memory_than_jax_nn(ours, peer):
+  """Issue 17's memory rule for the whole fwd+bwd program, not only the residual: left to
+  itself, XLA merged the backward's rebuilt float32 y with the forward's and wrote it out for
+  both passes (8 MiB of temp memory at 2^20 bfloat16 elements against jax.nn's 4.1; 512 MiB
+  against 0 on an H200). The rule fences the rebuilt residual off (family._apart)."""
+  x = jax.ShapeDtypeStruct(BIG.shape, jnp.bfloat16)
+  temp = {name: jax.jit(_fwd_bwd(fn)).lower(x, x).compile().memory_analysis().temp_size_in_bytes
+          for name, fn in (("ours", ours), ("peer", peer))}
+  assert temp["ours"] <= temp["peer"], temp
+
+
+@pytest.mark.parametrize("platform, classes, fenced", [
+    ("cpu", BIG.shape[1], True), ("cuda", 8192, False), ("cuda", 16384, True)])
+def test_the_rebuilt_softmax_residual_is_fenced_where_measured_to_pay(platform, classes, fenced):
+  """On a CPU always; on a GPU from 16384 classes, where XLA:GPU stops fitting a row in one
+  Triton fusion per pass (family.GPU_APART_FROM; measured on an H200). log_softmax never."""
+  x = jax.ShapeDtypeStruct((checks.REBUILD_FROM // classes, classes), jnp.bfloat16)
+
+  def lowered(fn):
+    return jax.jit(_fwd_bwd(fn)).trace(x, x).lower(lowering_platforms=(platform,)).as_text()
+
+  assert ("optimization_barrier" in lowered(jaxsoftmax.softmax)) == fenced
+  assert "optimization_barrier" not in lowered(jaxsoftmax.log_softmax)
+
+
 @pytest.mark.parametrize("fn", [
     jaxsoftmax.softmax, jaxsoftmax.log_softmax, jaxsoftmax.softmin,
     lambda x: jaxsoftmax.softmax(x, temperature=0.7),
