@@ -99,27 +99,36 @@ def _exps(x, where, temperature, negate, m):
   return _keep(where, jnp.exp(scaled(x, negate, temperature) - m))
 
 
-#: Row length (classes) from which softmax's rebuilt residual is fenced off on a GPU (_apart).
+#: softmax's rebuilt residual is fenced off (_apart) on a CPU below this many rows, on a GPU from
+#: this many classes.
+CPU_APART_BELOW_ROWS = 4096
 GPU_APART_FROM = 16384
 
 
 def _apart(kept, axes):
   """softmax's rebuilt residual ``(x, m, s)`` as the backward receives it, behind
-  ``lax.optimization_barrier``: in a fwd+bwd program XLA could otherwise merge the backward's
-  rebuilt float32 ``y`` with the forward's and write one float32 copy that both passes read
-  (4 bytes per element written, read twice), which is what it did: twice jax.nn's temp memory,
-  0.92x of its time at bfloat16 (1024, 8192) on this CPU, 0.74x at (4096, 32768) on an H200.
-  Fenced, the backward recomputes ``exp`` from the 16-bit ``x`` as jax.nn does: 1.16x and 0.88x
-  there, the peer's memory. In the backward, not the forward, so the residual stays ``x`` itself
-  (a fenced forward output would be a copy where the two passes are separate programs). On a GPU
-  only from ``GPU_APART_FROM`` classes: shorter rows are one Triton fusion per pass in both
-  programs, and the fence split it (0.75x at (4096, 1024)). log_softmax is not fenced (slower on
-  both). TPU: unmeasured, unfenced. Chosen when the program is lowered (benchmarks/NOTES.md,
-  2026-11-26, third GPU session)."""
+  ``lax.optimization_barrier`` where XLA would otherwise merge the backward's rebuilt float32 ``y``
+  with the forward's in a fwd+bwd program and write one float32 copy that both passes read
+  (4 bytes per element written, read twice): twice jax.nn's temp memory, 0.92x of its time at
+  bfloat16 (1024, 8192) on this CPU, 0.74x at (4096, 32768) on an H200. Fenced, the backward
+  recomputes ``exp`` from the 16-bit ``x`` as jax.nn does: 1.2x and 0.88x there, the peer's
+  memory. In the backward, not the forward, so the residual stays ``x`` itself (a fenced forward
+  output would be a copy where the two passes are separate programs).
+
+  Where XLA does not merge, the fence only costs: XLA:CPU merged below 4096 rows and never from
+  there (measured at 1-32768 classes: (4095, 1024) merges, (4096, 1024) does not), where
+  unfenced was 1.2-1.3x faster ((4096, 1024), (16384, 128)); XLA:GPU fits rows of up to 8192
+  classes in one Triton fusion per pass, which the fence split (0.75x at (4096, 1024)), and
+  merged from 16384. log_softmax is not fenced (slower fenced on both). TPU: unmeasured,
+  unfenced. Chosen when the program is lowered (benchmarks/NOTES.md, 2026-11-26, third GPU
+  session)."""
   fenced = lambda *k: lax.optimization_barrier(k)
   plain = lambda *k: k
-  gpu = fenced if math.prod(kept[0].shape[a] for a in axes) >= GPU_APART_FROM else plain
-  return lax.platform_dependent(*kept, cpu=fenced, cuda=gpu, rocm=gpu, default=plain)
+  x = kept[0]
+  classes = math.prod(x.shape[a] for a in axes)
+  cpu = fenced if x.size < CPU_APART_BELOW_ROWS * classes else plain
+  gpu = fenced if classes >= GPU_APART_FROM else plain
+  return lax.platform_dependent(*kept, cpu=cpu, cuda=gpu, rocm=gpu, default=plain)
 
 
 def _softmax_xla_fwd(x, where, axes, temperature, negate):

@@ -86,22 +86,25 @@ def _fwd_bwd(fn):
 @pytest.mark.parametrize("ours, peer", [(jaxsoftmax.softmax, jax.nn.softmax),
                                         (jaxsoftmax.softmin, lambda x: jax.nn.softmax(-x))],
                          ids=["softmax", "softmin"])
-def test_a_large_half_softmax_step_holds_no_more_memory_than_jax_nn(ours, peer):
+@pytest.mark.parametrize("shape", [BIG.shape, (4095, 512), (4096, 256)])
+def test_a_large_half_softmax_step_holds_no_more_memory_than_jax_nn(ours, peer, shape):
   """Issue 17's memory rule for the whole fwd+bwd program, not only the residual: left to
   itself, XLA merged the backward's rebuilt float32 y with the forward's and wrote it out for
   both passes (8 MiB of temp memory at 2^20 bfloat16 elements against jax.nn's 4.1; 512 MiB
-  against 0 on an H200). The rule fences the rebuilt residual off (family._apart)."""
-  x = jax.ShapeDtypeStruct(BIG.shape, jnp.bfloat16)
+  against 0 on an H200). The rule fences the rebuilt residual off where XLA:CPU would merge
+  (family._apart: below 4096 rows), and leaves it where it does not."""
+  x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   temp = {name: jax.jit(_fwd_bwd(fn)).lower(x, x).compile().memory_analysis().temp_size_in_bytes
           for name, fn in (("ours", ours), ("peer", peer))}
   assert temp["ours"] <= temp["peer"], temp
 
 
 @pytest.mark.parametrize("platform, classes, fenced", [
-    ("cpu", BIG.shape[1], True), ("cuda", 8192, False), ("cuda", 16384, True)])
+    ("cpu", BIG.shape[1], True), ("cpu", 256, False), ("cuda", 8192, False), ("cuda", 16384, True)])
 def test_the_rebuilt_softmax_residual_is_fenced_where_measured_to_pay(platform, classes, fenced):
-  """On a CPU always; on a GPU from 16384 classes, where XLA:GPU stops fitting a row in one
-  Triton fusion per pass (family.GPU_APART_FROM; measured on an H200). log_softmax never."""
+  """On a CPU below 4096 rows (2^20 elements of 256 classes are 4096 rows: not fenced); on a GPU
+  from 16384 classes, where XLA:GPU stops fitting a row in one Triton fusion per pass
+  (family._apart; measured on an H200). log_softmax never."""
   x = jax.ShapeDtypeStruct((checks.REBUILD_FROM // classes, classes), jnp.bfloat16)
 
   def lowered(fn):
