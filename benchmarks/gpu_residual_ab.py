@@ -5,6 +5,11 @@ values: ``checks.REBUILD_FROM``) beside the same code with the float32 residual
 the kernels (fusions, custom calls, copies) of each compiled program.
 
     PYTHONPATH=. python benchmarks/gpu_residual_ab.py [--tiny] [--out FILE.json]
+
+``--mode bwd`` times the backward alone (its own program, the residual an argument), as the CPU
+probe of the sixth pass did (``--ops cross_entropy log_softmax "cross_entropy[probs]" --shapes
+1024x1024 2048x1024 4096x1024 --mode bwd``). The compiled-program reach (``__defaults__``) follows
+``providers.jax_setup``'s callables; a probe, not an API.
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ def main() -> None:
   ap.add_argument("--shapes", nargs="+", help="NxV (default: the bfloat16 cells under the floor)")
   ap.add_argument("--dtypes", nargs="+", default=["bfloat16"])
   ap.add_argument("--hlo", help="directory for every compiled program's HLO text")
+  ap.add_argument("--mode", default="fwd+bwd", choices=["fwd+bwd", "bwd"])
+  ap.add_argument("--ops", nargs="+",
+                  default=["softmax", "log_softmax", "cross_entropy", "cross_entropy[probs]",
+                           "nll_loss"])
   a = ap.parse_args()
-  ops = ("softmax", "log_softmax", "cross_entropy", "cross_entropy[probs]", "nll_loss")
+  ops = a.ops
   shapes = [(64, 128), (64, 1024)] if a.tiny else [(4096, 1024), (4096, 8192), (4096, 32768),
                                                    (64, 32768)]
   if a.shapes:
@@ -57,11 +66,11 @@ def main() -> None:
           checks.REBUILD_FROM = threshold
           jax.clear_caches()  # the ops' own jits would reuse the other threshold's trace
           try:
-            c, _ = providers.jax_setup(op, impl, shape, dtype, ["fwd+bwd"])
+            c, _ = providers.jax_setup(op, impl, shape, dtype, [a.mode])
           finally:
             checks.REBUILD_FROM = shipped
-          calls[name] = c["fwd+bwd"]
-          compiled = c["fwd+bwd"].__defaults__[0]
+          calls[name] = c[a.mode]
+          compiled = c[a.mode].__defaults__[-1]
           nk[name] = kernels(compiled)
           if a.hlo:
             stem = f"{op}-{dtype}-{shape[0]}x{shape[1]}-{name}".replace("[", "_").replace("]", "")
