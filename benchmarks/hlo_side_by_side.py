@@ -1,0 +1,54 @@
+"""The compiled programs of jaxsoftmax and its JAX peer for one sweep cell, side by side: each
+top-level fusion (kernel) with its shape, and whether XLA:CPU splits it over threads
+(``outer_dimension_partitions``); ``--bodies NAME...`` prints those fusions' computations too.
+For telling a cell whose programs differ from one where they are the same kernels and the ratio is
+the machine's noise (issue 17, benchmarks/NOTES.md).
+
+    PYTHONPATH=. python benchmarks/hlo_side_by_side.py cross_entropy float32 fwd+bwd 64x1024 \
+        --bodies broadcast_multiply_fusion
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from jaxsoftmax.bench import providers
+
+PEERS = {"softmax": "jax.nn", "log_softmax": "jax.nn", "softmin": "jax.nn",
+         "nll_loss": "jax.numpy"}
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("op")
+  ap.add_argument("dtype")
+  ap.add_argument("mode", choices=["fwd", "bwd", "fwd+bwd"])
+  ap.add_argument("shape", help="e.g. 64x1024 (linear_cross_entropy: NxDxV)")
+  ap.add_argument("--bodies", nargs="*", default=[])
+  a = ap.parse_args()
+  shape = tuple(int(n) for n in a.shape.split("x"))
+  peer = PEERS.get(a.op.split("[")[0], "optax")
+  for impl in ("jaxsoftmax", peer):
+    calls, temp = providers.jax_setup(a.op, impl, shape, a.dtype, [a.mode])
+    # The harness's callables close over the compiled executable as their last default.
+    text = calls[a.mode].__defaults__[-1].as_text()
+    entry = text[text.index("ENTRY"):]
+    print(f"===== {impl} (XLA temp {temp[a.mode] or 0.0:.3f} MiB)")
+    for line in entry.splitlines():
+      line = line.strip()
+      if " fusion(" not in line and " custom-call(" not in line:
+        continue
+      name, shape_ = line.split(" = ")[0], line.split(" = ")[1].split(" ")[0]
+      split = re.search(r'outer_dimension_partitions":\[([^\]]*)\]', line)
+      print(f"  {name:<36} {shape_:<28} split {split.group(1) or '-' if split else '-'}")
+      for body in a.bodies:
+        if name.endswith("%" + body):
+          comp = re.search(r"calls=(%[\w.\-]+)", line).group(1)
+          code = text[text.index(comp + " "):]
+          code = code[:code.index("\n}\n")]
+          print("\n".join("      " + c.split(", metadata")[0] for c in code.splitlines()))
+
+
+if __name__ == "__main__":
+  main()
