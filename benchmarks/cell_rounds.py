@@ -11,22 +11,19 @@ import argparse
 import statistics
 
 from jaxsoftmax.bench import providers
+from jaxsoftmax.bench.sweep import SWEEP_PEER
 from jaxsoftmax.bench.measure import time_interleaved
-
-PEERS = {"softmax": "jax.nn", "log_softmax": "jax.nn", "softmin": "jax.nn",
-         "nll_loss": "jax.numpy"}
-
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("op")
+  ap.add_argument("op", choices=sorted(SWEEP_PEER))
   ap.add_argument("dtype")
   ap.add_argument("mode", choices=["fwd", "bwd", "fwd+bwd"])
   ap.add_argument("shapes", nargs="+", help="e.g. 64x1024 (linear_cross_entropy: NxDxV)")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--budget", type=float, default=0.6)
   a = ap.parse_args()
-  peer = PEERS.get(a.op.split("[")[0], "optax")
+  peer = SWEEP_PEER[a.op]
   for text in a.shapes:
     shape = tuple(int(n) for n in text.split("x"))
     calls = {impl: providers.jax_setup(a.op, impl, shape, a.dtype, [a.mode])[0][a.mode]

@@ -14,21 +14,18 @@ import argparse
 import re
 
 from jaxsoftmax.bench import providers
-
-PEERS = {"softmax": "jax.nn", "log_softmax": "jax.nn", "softmin": "jax.nn",
-         "nll_loss": "jax.numpy"}
-
+from jaxsoftmax.bench.sweep import SWEEP_PEER
 
 def main() -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("op")
+  ap.add_argument("op", choices=sorted(SWEEP_PEER))
   ap.add_argument("dtype")
   ap.add_argument("mode", choices=["fwd", "bwd", "fwd+bwd"])
   ap.add_argument("shape", help="e.g. 64x1024 (linear_cross_entropy: NxDxV)")
   ap.add_argument("--bodies", nargs="*", default=[])
   a = ap.parse_args()
   shape = tuple(int(n) for n in a.shape.split("x"))
-  peer = PEERS.get(a.op.split("[")[0], "optax")
+  peer = SWEEP_PEER[a.op]
   for impl in ("jaxsoftmax", peer):
     calls, temp = providers.jax_setup(a.op, impl, shape, a.dtype, [a.mode])
     # The harness's callables close over the compiled executable as their last default.

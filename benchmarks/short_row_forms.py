@@ -13,14 +13,17 @@ The formulations, for ``x`` converted to float32, row max ``m``, ``s = sum exp(x
                   magnitude of the logits (torch's note: x = [1e4, 1e4] gives 0.69336, not log 2)
   compensated     (x - hi) - lo, hi + lo = m + log s exactly (two-sum): two vectors, neither the
                   cheap max chain
+  compensated-rows  the same over the untransposed ``[N, 1]`` statistics (column slices)
 
-Run at 7be46c3 (2026-11-27; jax.nn / form, three rounds): jaxsoftmax 0.82, 0.68, 0.87 with one
-fusion split over both threads (the output's, which recomputes the unrolled max); torch-order
-0.91-1.23, also split; lse 1.12-1.52 and compensated 1.38-1.54, neither split. The same
-compensated form over the untransposed ``[N, 1]`` statistics was 0.92-0.96 (its sum fusion is
-split). Not adopted: lse rounds at the logits' magnitude, and compensated differs from torch's
-order in the last float32 bit and would change every short-row path's layout on a CPU for one
-0.1 ms cell (0.75 in the 2cc1568 sweep, 0.95 in the sweep at d7d236c); benchmarks/NOTES.md.
+Run at f062306 plus this script's last form (2026-11-27; jax.nn / form, three rounds):
+jaxsoftmax 0.87, 0.96, 0.97, with its output loop (which recomputes the unrolled max) split over
+both threads; torch-order 1.09-1.26, also split; lse 1.32-1.57 and compensated 1.59-1.71, neither
+split; compensated-rows 1.11-1.16, its sum loop split instead. Earlier runs of the same forms
+gave jaxsoftmax 0.68-0.87 and torch-order 0.83-1.23: the split is what the runs agree on, the
+margins move with the machine. Not adopted: lse rounds at the logits' magnitude, and
+compensated differs from torch's order in the last float32 bit and would change every short-row
+path's layout on a CPU for one 0.1 ms cell (0.75 in the 2cc1568 sweep, 0.95 in the sweep at
+d7d236c); benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -57,12 +60,30 @@ def lse(v):
   return (v.astype(jnp.float32) - (m + ls)[:, None]).astype(v.dtype)
 
 
-def compensated(v):
-  m, ls = _stats(v)
-  hi = m + ls  # two-sum: hi + lo == m + ls exactly, whichever is larger
+def _two_sum(m, ls):
+  """hi, lo with hi + lo == m + ls exactly (two-sum, whichever is larger)."""
+  hi = m + ls
   t = hi - m
-  lo = (m - (hi - t)) + (ls - t)
+  return hi, (m - (hi - t)) + (ls - t)
+
+
+def compensated(v):
+  # hi and lo are formed as [N] vectors and broadcast after: formed at [N, 1] (broadcast first),
+  # XLA fused them into the output loop, which it then split over both threads (1.07-1.23x).
+  hi, lo = _two_sum(*_stats(v))
   return ((v.astype(jnp.float32) - hi[:, None]) - lo[:, None]).astype(v.dtype)
+
+
+def compensated_rows(v):
+  """The compensated output over ``[N, 1]`` statistics (column slices, as rows.py unrolls)."""
+  xc = v.astype(jnp.float32)
+  cols = [xc[:, j:j + 1] for j in range(xc.shape[1])]
+  m = cols[0]
+  for c in cols[1:]:
+    m = jnp.maximum(m, c)
+  s = sum((jnp.exp(c - m) for c in cols[1:]), jnp.exp(cols[0] - m))
+  hi, lo = _two_sum(m, jnp.log(s))
+  return ((xc - hi) - lo).astype(v.dtype)
 
 
 def main() -> None:
@@ -74,7 +95,8 @@ def main() -> None:
   shape = tuple(int(n) for n in a.shape.split("x"))
   x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(a.dtype)
   forms = {"jax.nn": jax.nn.log_softmax, "jaxsoftmax": jaxsoftmax.log_softmax,
-           "torch-order": torch_order, "lse": lse, "compensated": compensated}
+           "torch-order": torch_order, "lse": lse, "compensated": compensated,
+           "compensated-rows": compensated_rows}
   compiled = {n: jax.jit(f).lower(x).compile() for n, f in forms.items()}
   ours = compiled["jaxsoftmax"](x).astype(jnp.float32)
   split = 'outer_dimension_partitions":["'
