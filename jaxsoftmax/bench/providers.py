@@ -142,8 +142,15 @@ def _jax_fns(op: str, impl: str):
   return None
 
 
-def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
-  """(callables per mode, XLA temp MiB per mode) for a JAX provider."""
+def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str], *,
+              reverse: bool = False):
+  """(callables per mode, XLA temp MiB per mode) for a JAX provider.
+
+  ``reverse`` compiles each program with its parameters in the opposite order: the same
+  computation and kernels, but XLA:CPU orders independent kernels (the label gathers, the row
+  max) by parameter order, and that order alone moved one provider's time by up to 10%, in
+  either direction by shape (benchmarks/NOTES.md, eighth pass). A user's program has no
+  canonical order, so the sweep times both."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
@@ -168,18 +175,25 @@ def jax_setup(op: str, impl: str, shape, dtype: str, modes: Sequence[str]):
     # output gets its cotangent as an argument, like an upstream gradient.
     return y, vjp(jnp.ones((), out0.dtype) if out0.shape == () else g)
 
+  def compiled_call(fn, *operands):
+    """``fn(*operands)`` compiled, and the blocking call of it (the executable is the callable's
+    last default: the probes under benchmarks/ read its HLO there)."""
+    if reverse:
+      compiled = jax.jit(lambda *r: fn(*r[::-1])).lower(*operands[::-1]).compile()
+      operands = operands[::-1]
+    else:
+      compiled = jax.jit(fn).lower(*operands).compile()
+    return compiled, lambda compiled=compiled: jax.block_until_ready(compiled(*operands))
+
   calls, temp = {}, {}
   for mode in modes:
     if mode == "bwd":  # the VJP function is a pytree of residuals: jit it as an argument
       _, vjp = jax.jit(lambda labels, *a: jax.vjp(lambda *d: f(labels, *d), *a))(labels, *args)
-      compiled = jax.jit(lambda fn, gg: fn(gg)).lower(vjp, g).compile()
-      calls[mode] = lambda vjp=vjp, compiled=compiled: jax.block_until_ready(compiled(vjp, g))
+      compiled, calls[mode] = compiled_call(lambda fn, gg: fn(gg), vjp, g)
     elif mode == "fwd":
-      compiled = jax.jit(f).lower(labels, *args).compile()
-      calls[mode] = lambda compiled=compiled: jax.block_until_ready(compiled(labels, *args))
+      compiled, calls[mode] = compiled_call(f, labels, *args)
     else:
-      compiled = jax.jit(fwd_bwd).lower(labels, g, *args).compile()
-      calls[mode] = lambda compiled=compiled: jax.block_until_ready(compiled(labels, g, *args))
+      compiled, calls[mode] = compiled_call(fwd_bwd, labels, g, *args)
     analysis = compiled.memory_analysis()
     temp[mode] = None if analysis is None else analysis.temp_size_in_bytes / 2**20
   return calls, temp

@@ -61,6 +61,30 @@ def test_a_call_may_report_its_own_time():
   assert times["x"] == [0.125] * 3
 
 
+@pytest.mark.parametrize("op", ["cross_entropy", "softmax"])
+def test_a_provider_compiled_with_reversed_parameters_is_the_same_computation(op):
+  """The sweep's second order (``reverse``): the same results in every mode, the executable's
+  parameters in the opposite order."""
+  from jaxsoftmax.bench import providers  # noqa: PLC0415
+
+  given, _ = providers.jax_setup(op, "jaxsoftmax", (8, 5), "float32", ["fwd", "bwd", "fwd+bwd"])
+  rev, _ = providers.jax_setup(op, "jaxsoftmax", (8, 5), "float32", ["fwd", "bwd", "fwd+bwd"],
+                               reverse=True)
+  import jax  # noqa: PLC0415
+
+  for mode in given:
+    for a, b in zip(jax.tree.leaves(given[mode]()), jax.tree.leaves(rev[mode]()), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def first_parameter(call):
+      text = call.__defaults__[-1].as_text()
+      return text[text.index("ENTRY"):].split("parameter(0)")[0].rsplit("= ", 1)[1]
+
+    if op == "cross_entropy" and mode != "bwd":  # (labels, x) and (x, labels)
+      assert first_parameter(given[mode]).startswith("s32")
+      assert first_parameter(rev[mode]).startswith("f32")
+
+
 def test_geomean_and_speedups():
   doc = _doc([_row("jaxsoftmax", 2.0), _row("jax.nn", 3.0), _row("torch", 4.0)])
   (row,) = bench.speedups(doc)

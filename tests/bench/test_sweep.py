@@ -65,11 +65,12 @@ def test_a_tiny_sweep_times_every_op_against_its_jax_peer_and_draws_heat_maps(tm
   assert "geometric mean" in capsys.readouterr().out
 
 
-def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
+def test_each_further_round_times_fresh_instances_built_in_turn_half_of_them_reversed(
+    monkeypatch):
   built, timed = [], []
 
-  def setup(op, impl, shape, dtype, modes):
-    built.append((impl, tuple(modes)))
+  def setup(op, impl, shape, dtype, modes, reverse=False):
+    built.append((impl, tuple(modes), reverse))
     return {m: (impl, len(built)) for m in modes}, {m: None for m in modes}
 
   def timing(calls, reps, budget_s, min_reps):  # a loss in round 1, a clear win after: re-timed
@@ -81,14 +82,18 @@ def test_each_further_round_times_fresh_instances_built_in_turn(monkeypatch):
   monkeypatch.setattr(sweep, "jax_setup", setup)
   monkeypatch.setattr(sweep, "time_interleaved", timing)
   doc = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2])
-  assert doc["rows"][0]["rounds"] == pytest.approx([0.9, 1.8, 1.8])
-  # Round 1 times the instances built for every mode; rounds 2 and 3 each build both anew, for
-  # this mode only, the peer first and then jaxsoftmax first.
-  assert built == [("jaxsoftmax", ("fwd",)), ("jax.nn", ("fwd",)), ("jax.nn", ("fwd",)),
-                   ("jaxsoftmax", ("fwd",)), ("jaxsoftmax", ("fwd",)), ("jax.nn", ("fwd",))]
+  row = doc["rows"][0]
+  assert sweep.CONFIRM == 3 and row["rounds"] == pytest.approx([0.9, 1.8, 1.8, 1.8])
+  assert row["ratio"] == pytest.approx(1.8) and row["reversed"] == [False, True, False, True]
+  # Round 1 times the instances built for every mode; each further round builds both anew, for
+  # this mode only, in turn the peer first with reversed parameters and jaxsoftmax first without.
+  assert built == [("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False),
+                   ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True),
+                   ("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False),
+                   ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True)]
   assert [sorted(c.values()) for c in timed] == [
       [("jax.nn", 2), ("jaxsoftmax", 1)], [("jax.nn", 3), ("jaxsoftmax", 4)],
-      [("jax.nn", 6), ("jaxsoftmax", 5)]]
+      [("jax.nn", 6), ("jaxsoftmax", 5)], [("jax.nn", 7), ("jaxsoftmax", 8)]]
 
 
 def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
@@ -97,7 +102,7 @@ def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
   shape (marked incomplete), and ``--chart`` draws the heat maps of what is there."""
   shapes_timed = []
 
-  def setup(op, impl, shape, dtype, modes):
+  def setup(op, impl, shape, dtype, modes, reverse=False):
     return {m: (impl, shape) for m in modes}, {m: None for m in modes}
 
   def timing(calls, reps, budget_s, min_reps):
