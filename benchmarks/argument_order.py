@@ -43,8 +43,9 @@ def main() -> None:
     both = [statistics.geometric_mean(pair) for pair in zip(per[False], per[True])]
     print(f"{a.op} {a.dtype} {a.mode} {shape}: {peer} / jaxsoftmax per round")
     for rev, name in ((False, "given order"), (True, "reversed")):
-      print(f"  {name:<12} {[round(r, 3) for r in per[rev]]} median "
-            f"{statistics.median(per[rev]):.3f}; jaxsoftmax {statistics.median(ours_ms[rev]):.3f} ms")
+      mid = statistics.median(per[rev])
+      print(f"  {name:<12} {[round(r, 3) for r in per[rev]]} median {mid:.3f}; "
+            f"jaxsoftmax {statistics.median(ours_ms[rev]):.3f} ms")
     print(f"  both (geometric mean per round) {[round(r, 3) for r in both]} median "
           f"{statistics.median(both):.3f}")
 
