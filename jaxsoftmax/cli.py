@@ -44,7 +44,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                                  reps=min(args.reps, 5))
   if args.sweep:
     return command.bench_sweep(console, ops=args.ops, dtypes=args.dtypes, modes=args.modes,
-                               rows=args.rows, cols=args.cols, budget=args.budget, out=args.out)
+                               rows=args.rows, cols=args.cols, budget=args.budget, out=args.out,
+                               fresh=args.fresh_processes)
   if args.record_defaults:
     return command.record_defaults(console, results=args.record_defaults, kernels=args.kernels,
                                    out=args.defaults_out)
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "x @ w + optax) over --rows x --cols for every op, dtype and mode, "
                       "interleaved in one process; writes sweep-<device>-<date>.json and one "
                       "ratio heat map per dtype")
+  b.add_argument("--fresh-processes", action="store_true",
+                 help="--sweep: each (op, dtype) in a fresh child process (the hour-long single "
+                      "process measured some cells lower than a fresh one; benchmarks/NOTES.md)")
   b.add_argument("--rows", nargs="+", type=int, default=None, metavar="N",
                  help=f"--sweep's row counts (default {' '.join(map(str, ROWS))})")
   b.add_argument("--cols", nargs="+", type=int, default=None, metavar="V",

@@ -97,7 +97,8 @@ def bench(console: Console, *, ops, shapes, preset, dtypes, modes, impls, reps, 
   return 0
 
 
-def bench_sweep(console: Console, *, ops, dtypes, modes, rows, cols, budget, out) -> int:
+def bench_sweep(console: Console, *, ops, dtypes, modes, rows, cols, budget, out,
+                fresh: bool = False) -> int:
   """``jaxsoftmax bench --sweep``: :mod:`jaxsoftmax.bench.sweep`, its summary, JSON and heat maps."""
   from jaxsoftmax.bench import sweep  # noqa: PLC0415
 
@@ -112,9 +113,10 @@ def bench_sweep(console: Console, *, ops, dtypes, modes, rows, cols, budget, out
     return 2
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=console, transient=True) as progress:
-    doc = sweep.run(ops, dtypes, modes, rows=rows, cols=cols,
-                    budget_s=0.4 if budget is None else budget, progress=progress,
-                    partial=lambda part: sweep.write(part, out, charts=False))
+    runner = sweep.run_fresh if fresh else sweep.run
+    doc = runner(ops, dtypes, modes, rows=rows, cols=cols,
+                 budget_s=0.4 if budget is None else budget, progress=progress,
+                 partial=lambda part: sweep.write(part, out, charts=False))
   path = sweep.write(doc, out)
   s = sweep.summary(doc)
   table = Table("op", "dtype", "mode", "shapes", "geomean", "worst", "worst shape",

@@ -133,6 +133,23 @@ def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
   assert doc["complete"] is True and doc["rows"] == parts[-1]["rows"]
 
 
+def test_a_sweep_in_fresh_processes_times_each_op_and_dtype_in_its_own_child(tmp_path):
+  """``--fresh-processes``: the same document, each (op, dtype) timed by its own child, the rows
+  passed on as they come; a child that fails is an error, not a silent gap."""
+  parts = []
+  doc = sweep.run_fresh(["softmax", "nll_loss"], ["float32", "bfloat16"], ["fwd"], rows=[2],
+                        cols=[3], budget_s=0.01, partial=parts.append)
+  assert doc["complete"] and doc["kind"] == "sweep" and doc["device"]
+  groups = {(r["op"], r["dtype"]): r["process"] for r in doc["rows"]}
+  assert set(groups) == {(op, dt) for op in ("softmax", "nll_loss")
+                         for dt in ("float32", "bfloat16")}
+  assert len(set(groups.values())) == 4 and os.getpid() not in groups.values()
+  assert parts and not any(p["complete"] for p in parts)
+  assert [len(p["rows"]) for p in parts] == sorted(len(p["rows"]) for p in parts)
+  with pytest.raises(RuntimeError, match="child process for nonsense float32"):
+    sweep.run_fresh(["nonsense"], ["float32"], ["fwd"], rows=[2], cols=[3], budget_s=0.01)
+
+
 def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
   assert cli.main(["bench", "--sweep", "--ops", "linear_cross_entropy[filter]",
                    "--out", str(tmp_path)]) == 2
