@@ -157,9 +157,10 @@ def run_fresh(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *
               **options) -> dict:
   """:func:`run`, each (op, dtype) in a fresh child process; the same document.
 
-  Why: inside the hour-long one-process sweep some cells measured lower than in a fresh process
-  (cross_entropy bfloat16 bwd (1024, 1024): 0.75 against 1.01; benchmarks/NOTES.md, eighth
-  pass). Every ratio still compares two providers interleaved in one process. The child's rows
+  Why: to tell whether the hour-long one-process sweep measures some cells lower than fresh
+  processes do. cross_entropy bfloat16 bwd (1024, 1024) gave 0.75 there, 1.01 and 0.86 in two
+  fresh runs (benchmarks/NOTES.md, eighth pass). Every ratio still compares two providers
+  interleaved in one process. The child's rows
   reach ``partial`` within a second of each shape; a child whose parent has gone stops at its
   next shape rather than run on alone."""
   plan = [(op, dtype) for op in ops for dtype in dtypes]
