@@ -41,7 +41,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxsoftmax._src import checks, collectives, dispatch, expf, kernels
+from jaxsoftmax._src import checks, collectives, dispatch, kernels
 from jaxsoftmax._src.rows import row_max, row_max_of, row_sum
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
@@ -92,15 +92,11 @@ def _softmax_xla(x, where, axes, temperature, negate):
   return _softmax_xla_fwd(x, where, axes, temperature, negate)[0]
 
 
-def _exps(x, where, temperature, negate, m, exp=jnp.exp):
-  """``e = exp(x' - m)`` of the scaled logits ``x'``, 0 where masked, rebuilt by the backward
-  from the kept 16-bit ``x`` and ``m``: the forward's float32 values up to the ``exp``'s
-  rounding. log_softmax's backward, where ``e`` has one consumer, passes ``expf.exp`` (fewer
-  operations than XLA:CPU's ``exp``, within 1.3 ulps against its 1.01). softmax's keeps
-  ``jnp.exp``: its ``y`` feeds a row sum and the product, and with ``expf.exp`` XLA:CPU wrote
-  that ``y`` out as a float32 array, 8 MiB of temp memory for a bfloat16 fwd+bwd step at
-  (256, 4096) against jax.nn's 4.1 (tests/core/test_autodiff.py)."""
-  return _keep(where, exp(scaled(x, negate, temperature) - m))
+def _exps(x, where, temperature, negate, m):
+  """``e = exp(x' - m)`` of the scaled logits ``x'``, 0 where masked: the forward's, and the
+  backward's from the kept ``x`` and ``m`` by the same operations (the same values up to how
+  XLA rounds a float32 step in another fusion)."""
+  return _keep(where, jnp.exp(scaled(x, negate, temperature) - m))
 
 
 #: softmax's rebuilt residual is fenced off (_apart) on a CPU below this many rows, on a GPU from
@@ -191,7 +187,7 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
   (e, m), s, where = res
   if m is not None:  # a large 16-bit x: e = exp(x - m) again, in float32
-    e = _exps(e, where, temperature, negate, m, expf.exp)
+    e = _exps(e, where, temperature, negate, m)
   gc = _keep(where, g.astype(e.dtype))
   dx = gc + e * (-row_sum(gc, axes) / s)
   return _input_grad(dx, where, temperature, negate, g.dtype)
