@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "interleaved in one process; writes sweep-<device>-<date>.json and one "
                       "ratio heat map per dtype")
   b.add_argument("--fresh-processes", action="store_true",
-                 help="--sweep: each (op, dtype) in a fresh child process (does the hour-long "
-                      "single process measure some cells lower? benchmarks/NOTES.md)")
+                 help="--sweep: each (op, dtype) in a fresh child process (measured: the same "
+                      "figures as one process, within run-to-run spread; benchmarks/NOTES.md)")
   b.add_argument("--rows", nargs="+", type=int, default=None, metavar="N",
                  help=f"--sweep's row counts (default {' '.join(map(str, ROWS))})")
   b.add_argument("--cols", nargs="+", type=int, default=None, metavar="V",

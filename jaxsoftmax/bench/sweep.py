@@ -158,9 +158,10 @@ def run_fresh(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *
   """:func:`run`, each (op, dtype) in a fresh child process; the same document.
 
   Why: to tell whether the hour-long one-process sweep measures some cells lower than fresh
-  processes do. cross_entropy bfloat16 bwd (1024, 1024) gave 0.75 there, 1.01 and 0.86 in two
-  fresh runs (benchmarks/NOTES.md, eighth pass). Every ratio still compares two providers
-  interleaved in one process. The child's rows
+  processes do. It does not: the full sweep both ways gave geometric means 1.350 and 1.348, 19
+  and 20 cells under the floor, the median cell 0.997x (benchmarks/NOTES.md, ninth pass), so it
+  is an option, not the default. Every ratio still compares two providers interleaved in one
+  process. The child's rows
   reach ``partial`` within a second of each shape; a child whose parent has gone stops at its
   next shape rather than run on alone."""
   plan = [(op, dtype) for op in ops for dtype in dtypes]
