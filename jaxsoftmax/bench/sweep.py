@@ -161,9 +161,8 @@ def run_fresh(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *
   processes do. It does not: the full sweep both ways gave geometric means 1.350 and 1.348, 19
   and 20 cells under the floor, the median cell 0.997x (benchmarks/NOTES.md, ninth pass), so it
   is an option, not the default. Every ratio still compares two providers interleaved in one
-  process. The child's rows
-  reach ``partial`` within a second of each shape; a child whose parent has gone stops at its
-  next shape rather than run on alone."""
+  process. The child's rows reach ``partial`` within a second of each shape; a child whose
+  parent has gone stops at its next shape rather than run on alone (both tested)."""
   plan = [(op, dtype) for op in ops for dtype in dtypes]
   task = progress.add_task("sweep", total=len(plan)) if progress else None
   done: list[dict] = []

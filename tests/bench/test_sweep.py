@@ -150,6 +150,20 @@ def test_a_sweep_in_fresh_processes_times_each_op_and_dtype_in_its_own_child(tmp
     sweep.run_fresh(["nonsense"], ["float32"], ["fwd"], rows=[2], cols=[3], budget_s=0.01)
 
 
+def test_a_fresh_process_child_whose_parent_has_gone_stops_at_its_next_shape(tmp_path):
+  """A killed ``--fresh-processes`` sweep must not leave children timing on alone: the child
+  checks its parent before it passes on each shape's rows, and exits (code 3) without them."""
+  out = tmp_path / "part.json"
+  spec = {"ops": ["softmax"], "dtypes": ["float32"], "modes": ["fwd"],
+          "options": {"rows": [2], "cols": [3, 4], "budget_s": 0.01}, "out": str(out),
+          "parent": os.getppid() + 1}  # not this process's parent: as if it had been killed
+  with pytest.raises(SystemExit) as stopped:
+    sweep._child(spec)
+  assert stopped.value.code == 3 and not out.exists()
+  assert sweep._child(spec | {"parent": os.getppid()}) == 0  # the same child, parent alive
+  assert len(json.loads(out.read_text())["rows"]) == 2
+
+
 def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
   assert cli.main(["bench", "--sweep", "--ops", "linear_cross_entropy[filter]",
                    "--out", str(tmp_path)]) == 2
