@@ -6,11 +6,15 @@ the machine's noise (issue 17, benchmarks/NOTES.md).
 
     PYTHONPATH=. python benchmarks/hlo_side_by_side.py cross_entropy float32 fwd+bwd 64x1024 \
         --bodies broadcast_multiply_fusion
+
+``--dump DIR`` also writes each program's whole compiled HLO to
+``DIR/<op>-<dtype>-<shape>-<impl>.txt`` (for reading a GPU's programs on a machine without one).
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import re
 
 from jaxsoftmax.bench import providers
@@ -23,6 +27,7 @@ def main() -> None:
   ap.add_argument("mode", choices=["fwd", "bwd", "fwd+bwd"])
   ap.add_argument("shape", help="e.g. 64x1024 (linear_cross_entropy: NxDxV)")
   ap.add_argument("--bodies", nargs="*", default=[])
+  ap.add_argument("--dump", type=pathlib.Path, help="write each whole compiled program here")
   a = ap.parse_args()
   shape = tuple(int(n) for n in a.shape.split("x"))
   peer = SWEEP_PEER[a.op]
@@ -30,6 +35,9 @@ def main() -> None:
     calls, temp = providers.jax_setup(a.op, impl, shape, a.dtype, [a.mode])
     # The harness's callables close over the compiled executable as their last default.
     text = calls[a.mode].__defaults__[-1].as_text()
+    if a.dump:
+      a.dump.mkdir(parents=True, exist_ok=True)
+      (a.dump / f"{a.op}-{a.dtype}-{a.shape}-{impl}.txt").write_text(text)
     entry = text[text.index("ENTRY"):]
     print(f"===== {impl} (XLA temp {temp[a.mode] or 0.0:.3f} MiB)")
     for line in entry.splitlines():
