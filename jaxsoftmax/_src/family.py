@@ -100,7 +100,7 @@ def _exps(x, where, temperature, negate, m):
 
 
 #: softmax's rebuilt residual is fenced off (_apart) on a CPU below this many rows, on a GPU from
-#: this many classes.
+#: this many classes; log_softmax's (_log_apart) on a CUDA GPU below that many classes.
 CPU_APART_BELOW_ROWS = 4096
 GPU_APART_FROM = 16384
 
@@ -119,7 +119,7 @@ def _apart(kept, axes):
   there (measured at 1-32768 classes: (4095, 1024) merges, (4096, 1024) does not), where
   unfenced was 1.2-1.3x faster ((4096, 1024), (16384, 128)); XLA:GPU fits rows of up to 8192
   classes in one Triton fusion per pass, which the fence split (0.75x at (4096, 1024)), and
-  merged from 16384. log_softmax is not fenced (slower fenced on both). TPU: unmeasured,
+  merged from 16384. log_softmax has its own rule (_log_apart). TPU: unmeasured,
   unfenced. Chosen when the program is lowered (benchmarks/NOTES.md, 2026-11-26, third GPU
   session)."""
   fenced = lambda *k: lax.optimization_barrier(k)
@@ -129,6 +129,34 @@ def _apart(kept, axes):
   cpu = fenced if x.size < CPU_APART_BELOW_ROWS * classes else plain
   gpu = fenced if classes >= GPU_APART_FROM else plain
   return lax.platform_dependent(*kept, cpu=cpu, cuda=gpu, rocm=gpu, default=plain)
+
+
+def _log_apart(kept, where, axes, temperature, negate):
+  """log_softmax's rebuilt residual ``(x, m, s)`` as the backward receives it: on a CUDA GPU
+  below ``GPU_APART_FROM`` classes, ``m`` and ``s`` rebuilt in the backward from ``x`` behind
+  ``lax.optimization_barrier`` (the forward's ``s`` left unused); elsewhere as kept.
+
+  With the forward's ``s`` used by both passes, XLA:GPU computes it in a kernel of its own, which
+  reads ``x`` once more before the forward's and the backward's one-block Triton fusions: three
+  kernels where jax.nn's program is two. Rebuilt from a fenced ``x``, each pass takes its own sum
+  inside its one fusion, as jax.nn's do (measured on an H200, bfloat16 fwd+bwd, peer / ours:
+  (4096, 8192) 0.82 -> 0.97x, (16384, 4096) 0.75 -> 1.06x, (4096, 1024) 0.95 -> 1.01x). From
+  32768 classes XLA splits a row over blocks and the fenced program is 13 kernels against 8
+  (0.73-0.87x where the shipped one is at parity); 16384 measured the same either way (0.77-
+  0.81x), so the rule stops below it. A CPU merges nothing here (unfenced; fenced was slower,
+  third GPU session); ROCm and TPU are unmeasured and unfenced. benchmarks/NOTES.md, 2026-11-27,
+  fourth GPU session; ``benchmarks/log_softmax_apart_ab.py``."""
+  x = kept[0]
+  classes = math.prod(x.shape[a] for a in axes)
+  plain = lambda *k: k
+
+  def rebuilt(x, m, s):
+    (x,) = lax.optimization_barrier((x,))
+    m = _max(x, scaled(x, negate, temperature), axes, where, temperature, negate)
+    return x, m, row_sum(_exps(x, where, temperature, negate, m), axes)
+
+  cuda = rebuilt if classes < GPU_APART_FROM else plain
+  return lax.platform_dependent(*kept, cuda=cuda, default=plain)
 
 
 def _softmax_xla_fwd(x, where, axes, temperature, negate):
@@ -187,6 +215,7 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
   (e, m), s, where = res
   if m is not None:  # a large 16-bit x: e = exp(x - m) again, in float32
+    e, m, s = _log_apart((e, m, s), where, axes, temperature, negate)
     e = _exps(e, where, temperature, negate, m)
   gc = _keep(where, g.astype(e.dtype))
   dx = gc + e * (-row_sum(gc, axes) / s)

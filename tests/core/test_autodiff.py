@@ -99,19 +99,45 @@ def test_a_large_half_softmax_step_holds_no_more_memory_than_jax_nn(ours, peer, 
   assert temp["ours"] <= temp["peer"], temp
 
 
-@pytest.mark.parametrize("platform, classes, fenced", [
-    ("cpu", BIG.shape[1], True), ("cpu", 256, False), ("cuda", 8192, False), ("cuda", 16384, True)])
-def test_the_rebuilt_softmax_residual_is_fenced_where_measured_to_pay(platform, classes, fenced):
-  """On a CPU below 4096 rows (2^20 elements of 256 classes are 4096 rows: not fenced); on a GPU
-  from 16384 classes, where XLA:GPU stops fitting a row in one Triton fusion per pass
-  (family._apart; measured on an H200). log_softmax never."""
+@pytest.mark.parametrize("platform, classes, fenced, log_fenced", [
+    ("cpu", BIG.shape[1], True, False), ("cpu", 256, False, False), ("cuda", 8192, False, True),
+    ("cuda", 16384, True, False), ("rocm", 8192, False, False), ("tpu", 8192, False, False)])
+def test_the_rebuilt_residual_is_fenced_where_measured_to_pay(platform, classes, fenced,
+                                                              log_fenced):
+  """softmax: on a CPU below 4096 rows (2^20 elements of 256 classes are 4096 rows: not fenced);
+  on a GPU from 16384 classes, where XLA:GPU stops fitting a row in one Triton fusion per pass
+  (family._apart). log_softmax: on a CUDA GPU below 16384 classes, where its shared row sum cost
+  XLA:GPU a kernel of its own (family._log_apart). Both measured on an H200."""
   x = jax.ShapeDtypeStruct((checks.REBUILD_FROM // classes, classes), jnp.bfloat16)
 
   def lowered(fn):
     return jax.jit(_fwd_bwd(fn)).trace(x, x).lower(lowering_platforms=(platform,)).as_text()
 
   assert ("optimization_barrier" in lowered(jaxsoftmax.softmax)) == fenced
-  assert "optimization_barrier" not in lowered(jaxsoftmax.log_softmax)
+  assert ("optimization_barrier" in lowered(jaxsoftmax.log_softmax)) == log_fenced
+  masked = lowered(lambda x: jaxsoftmax.log_softmax(x, temperature=2.0, where=x > -1))
+  assert ("optimization_barrier" in masked) == log_fenced
+
+
+@pytest.mark.parametrize("temperature, masked", [(1.0, False), (0.5, True)])
+def test_log_softmaxs_fenced_rebuild_gives_the_forwards_row_statistics(temperature, masked,
+                                                                       monkeypatch):
+  """The CUDA branch of family._log_apart, run here: the row max and sum it rebuilds from the
+  fenced x are the forward's (the max exactly, the sum up to float32 summation order), with a
+  temperature and a mask, so the backward it feeds is the shipped one's."""
+  from jaxsoftmax._src import family
+
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(3 * rng.standard_normal((128, checks.REBUILD_FROM // 128)), jnp.bfloat16)
+  where = jnp.asarray(rng.random(x.shape) > 0.3) if masked else None
+  where = None if where is None else where.at[0].set(False)  # one row masked whole
+  _, ((kept_x, m), s, _) = family._log_softmax_xla_fwd(x, where, (1,), temperature, False)
+  # Take the CUDA branch on this CPU.
+  monkeypatch.setattr(family.lax, "platform_dependent", lambda *a, cuda, default: cuda(*a))
+  rx, rm, rs = family._log_apart((kept_x, m, s * 2), where, (1,), temperature, False)
+  np.testing.assert_array_equal(rx, x)  # and m, s rebuilt, not passed through (s * 2 above)
+  np.testing.assert_array_equal(rm, m)
+  np.testing.assert_allclose(rs, s, rtol=1e-6)
 
 
 @pytest.mark.parametrize("fn", [
