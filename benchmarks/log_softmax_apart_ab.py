@@ -6,6 +6,8 @@ each compiled program's kernel count.
 On the H200 the shipped program is three kernels where jax.nn's is two: XLA computes ``s`` in a
 kernel of its own, because the forward and the backward both use it, and so reads ``x`` once more
 (benchmarks/results/nvidia-h200-2026-11-27/hlo). The variant leaves the forward's ``s`` one user.
+Since it was measured the shipped rule does the same on CUDA below 16384 classes
+(``rows.rebuilt_apart``): there "shipped" and "apart" should now time the same.
 
     PYTHONPATH=. python benchmarks/log_softmax_apart_ab.py [--shapes 4096x8192 ...] [--tiny]
 """

@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
-from jaxsoftmax._src.rows import row_max, row_max_of, row_sum
+from jaxsoftmax._src.rows import GPU_APART_FROM, rebuilt_apart, row_max, row_max_of, row_sum
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -100,9 +100,8 @@ def _exps(x, where, temperature, negate, m):
 
 
 #: softmax's rebuilt residual is fenced off (_apart) on a CPU below this many rows, on a GPU from
-#: this many classes; log_softmax's (_log_apart) on a CUDA GPU below that many classes.
+#: rows.GPU_APART_FROM classes; log_softmax's (_log_apart) on a CUDA GPU below that many.
 CPU_APART_BELOW_ROWS = 4096
-GPU_APART_FROM = 16384
 
 
 def _apart(kept, axes):
@@ -133,30 +132,13 @@ def _apart(kept, axes):
 
 def _log_apart(kept, where, axes, temperature, negate):
   """log_softmax's rebuilt residual ``(x, m, s)`` as the backward receives it: on a CUDA GPU
-  below ``GPU_APART_FROM`` classes, ``m`` and ``s`` rebuilt in the backward from ``x`` behind
-  ``lax.optimization_barrier`` (the forward's ``s`` left unused); elsewhere as kept.
-
-  With the forward's ``s`` used by both passes, XLA:GPU computes it in a kernel of its own, which
-  reads ``x`` once more before the forward's and the backward's one-block Triton fusions: three
-  kernels where jax.nn's program is two. Rebuilt from a fenced ``x``, each pass takes its own sum
-  inside its one fusion, as jax.nn's do (measured on an H200, bfloat16 fwd+bwd, peer / ours:
-  (4096, 8192) 0.82 -> 0.97x, (16384, 4096) 0.75 -> 1.06x, (4096, 1024) 0.95 -> 1.01x). From
-  32768 classes XLA splits a row over blocks and the fenced program is 13 kernels against 8
-  (0.73-0.87x where the shipped one is at parity); 16384 measured the same either way (0.77-
-  0.81x), so the rule stops below it. A CPU merges nothing here (unfenced; fenced was slower,
-  third GPU session); ROCm and TPU are unmeasured and unfenced. benchmarks/NOTES.md, 2026-11-27,
-  fourth GPU session; ``benchmarks/log_softmax_apart_ab.py``."""
-  x = kept[0]
-  classes = math.prod(x.shape[a] for a in axes)
-  plain = lambda *k: k
-
-  def rebuilt(x, m, s):
-    (x,) = lax.optimization_barrier((x,))
+  below ``GPU_APART_FROM`` classes ``m`` and ``s`` are rebuilt from a fenced ``x``, so the
+  forward's ``s`` is not shared (rows.rebuilt_apart says why and where)."""
+  def stats(x):
     m = _max(x, scaled(x, negate, temperature), axes, where, temperature, negate)
-    return x, m, row_sum(_exps(x, where, temperature, negate, m), axes)
+    return m, row_sum(_exps(x, where, temperature, negate, m), axes)
 
-  cuda = rebuilt if classes < GPU_APART_FROM else plain
-  return lax.platform_dependent(*kept, cuda=cuda, default=plain)
+  return rebuilt_apart(kept, math.prod(kept[0].shape[a] for a in axes), stats)
 
 
 def _softmax_xla_fwd(x, where, axes, temperature, negate):

@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
-from jaxsoftmax._src.rows import row_max_of, row_sum
+from jaxsoftmax._src.rows import rebuilt_apart, row_max_of, row_sum
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
@@ -285,16 +285,23 @@ def _smoothed(targets, label_smoothing, num_classes, ct):
   return t
 
 
+def _row_stats(x, axis):
+  """``(m, total)``: the row max of ``x`` and the row sum of ``exp(x - m)`` in compute precision.
+  The sums feed elementwise work (log, the backward's e / total): unrolled on a CPU. (The loss's
+  own row sums feed the batch sum: a matrix-vector product, rows.row_sum. With both as products,
+  (1024, 2) ran 0.74x of optax in fwd+bwd; with both unrolled, (65536, 10) 0.46x.)"""
+  ct = checks.compute_dtype(x.dtype)
+  m = row_max_of(x, ct, axis)
+  return m, row_sum(jnp.exp(x.astype(ct) - m), axis)
+
+
 def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, perturbed=None):
   ct = checks.compute_dtype(x.dtype)
   num_classes = x.shape[axis]
   xc = x.astype(ct)
   m = row_max_of(x, ct, axis)
   e = jnp.exp(xc - m)
-  # The row sums feed elementwise work (log, the backward's e / total): unrolled on a CPU. The
-  # loss's own row sums feed the batch sum: a matrix-vector product (rows.row_sum). With both as
-  # products, (1024, 2) ran 0.74x of optax in fwd+bwd; with both unrolled, (65536, 10) 0.46x.
-  total = row_sum(e, axis)
+  total = row_sum(e, axis)  # as _row_stats (which the backward may rebuild them with)
   wt = _smoothed(targets, label_smoothing, num_classes, ct)
   if weight is not None:
     wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
@@ -319,6 +326,12 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
 def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
   x, e, targets, weight, m, total, lse = res
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  if checks.compute_dtype(e.dtype) != e.dtype:  # a large 16-bit x stands in for e
+    # On a CUDA GPU, where a row fits one fusion, the row statistics are rebuilt from a fenced x,
+    # so that the forward's sum is not shared: the HLO of bfloat16 (4096, 8192) showed it in a
+    # kernel of its own, one more read of x, 0.88x of optax (the log_softmax case measured in
+    # rows.rebuilt_apart; this one predicted from the HLO, not yet timed).
+    e, m, total = rebuilt_apart((e, m, total), e.shape[axis], lambda v: _row_stats(v, axis))
   e = _exps_of(e, m)
   ct = e.dtype
   num_classes = e.shape[axis]

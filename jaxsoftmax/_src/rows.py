@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["LONG_ROW", "SHORT_ROW", "row_max", "row_max_of", "row_sum", "total_sum"]
+__all__ = ["GPU_APART_FROM", "LONG_ROW", "SHORT_ROW", "rebuilt_apart", "row_max", "row_max_of",
+           "row_sum", "total_sum"]
 
 #: The longest row (in classes) that is unrolled on a CPU. Measured: rows of 2, 4 and 10 win
 #: 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
@@ -133,3 +134,34 @@ def total_sum(v):
   """
   barrier = lambda u: jnp.sum(lax.optimization_barrier(u))
   return lax.platform_dependent(v, cpu=jnp.sum, default=barrier)
+
+
+#: Rows of fewer classes than this fit one XLA:GPU Triton fusion per pass of a softmax-shaped
+#: program (measured on an H200, jax 0.11.2: 8192 did, 16384 and 32768 did not). Where a row fits,
+#: each pass takes its own row statistics inside its one kernel.
+GPU_APART_FROM = 16384
+
+
+def rebuilt_apart(kept, classes: int, rebuild):
+  """A 16-bit input and its row statistics ``(x, *stats)``, kept by a forward for a backward that
+  rebuilds float32 values from them, as that backward receives them: on a CUDA GPU below
+  :data:`GPU_APART_FROM` classes, ``stats`` recomputed by ``rebuild(x)`` from ``x`` behind
+  ``lax.optimization_barrier``; elsewhere as kept.
+
+  In a fwd+bwd program the forward's row sum then has one user. Used by both passes, XLA:GPU
+  computed it in a kernel of its own that reads ``x`` once more, before the two one-block
+  fusions (three kernels where jax.nn's and optax's programs are two): log_softmax bfloat16
+  (4096, 8192) 0.82x of jax.nn, and rebuilt apart 0.97x; (16384, 4096) 0.75x, then 1.06x. From
+  32768 classes XLA splits a row over several kernels and the fence cost (0.73-0.87x where the
+  shared sum was at parity); at 16384 the two measured the same (0.77-0.81x). A CPU keeps the
+  shared sums (fencing there was slower: benchmarks/NOTES.md, third GPU session); ROCm and TPU are
+  unmeasured. benchmarks/NOTES.md, fourth GPU session; ``benchmarks/log_softmax_apart_ab.py``.
+  """
+  plain = lambda *k: k
+
+  def fenced(x, *stats):
+    (x,) = lax.optimization_barrier((x,))
+    return (x, *rebuild(x))
+
+  return lax.platform_dependent(*kept, cuda=fenced if classes < GPU_APART_FROM else plain,
+                                default=plain)

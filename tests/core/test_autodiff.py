@@ -117,6 +117,16 @@ def test_the_rebuilt_residual_is_fenced_where_measured_to_pay(platform, classes,
   assert ("optimization_barrier" in lowered(jaxsoftmax.log_softmax)) == log_fenced
   masked = lowered(lambda x: jaxsoftmax.log_softmax(x, temperature=2.0, where=x > -1))
   assert ("optimization_barrier" in masked) == log_fenced
+  # Soft targets, summed here (off a CPU rows.total_sum fences a mean's batch sum too).
+  targets = jnp.full(x.shape, 1 / classes, x.dtype)
+  loss = lambda x: jaxsoftmax.cross_entropy(x, targets, reduction="none").sum()
+  soft = jax.jit(jax.value_and_grad(loss)).trace(x).lower(lowering_platforms=(platform,))
+  assert ("optimization_barrier" in soft.as_text()) == log_fenced
+
+
+def _as_lowered_for_cuda(*operands, **branches):
+  """``lax.platform_dependent`` as when a program is lowered for a CUDA GPU, run on this CPU."""
+  return branches.get("cuda", branches["default"])(*operands)
 
 
 @pytest.mark.parametrize("temperature, masked", [(1.0, False), (0.5, True)])
@@ -133,11 +143,45 @@ def test_log_softmaxs_fenced_rebuild_gives_the_forwards_row_statistics(temperatu
   where = None if where is None else where.at[0].set(False)  # one row masked whole
   _, ((kept_x, m), s, _) = family._log_softmax_xla_fwd(x, where, (1,), temperature, False)
   # Take the CUDA branch on this CPU.
-  monkeypatch.setattr(family.lax, "platform_dependent", lambda *a, cuda, default: cuda(*a))
+  monkeypatch.setattr(family.lax, "platform_dependent", _as_lowered_for_cuda)
   rx, rm, rs = family._log_apart((kept_x, m, s * 2), where, (1,), temperature, False)
   np.testing.assert_array_equal(rx, x)  # and m, s rebuilt, not passed through (s * 2 above)
   np.testing.assert_array_equal(rm, m)
   np.testing.assert_allclose(rs, s, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "cross_entropy[probs]"])
+def test_a_step_as_lowered_for_cuda_gives_the_cpu_programs_values_and_gradient(op, monkeypatch):
+  """Every ``lax.platform_dependent`` taking its CUDA branch, run here: the backward that rebuilds
+  its row statistics from a fenced x (rows.rebuilt_apart) gives the values and gradient of the
+  program this CPU runs, to float32 summation order (one bfloat16 ulp)."""
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(3 * rng.standard_normal((128, checks.REBUILD_FROM // 128)), jnp.bfloat16)
+  if op == "log_softmax":
+    mask = jnp.asarray(rng.random(x.shape) > 0.2)
+    fn = lambda x: jaxsoftmax.log_softmax(x, temperature=0.5, where=mask)
+    g = jnp.asarray(rng.standard_normal(x.shape), jnp.bfloat16)
+  else:
+    t = rng.random(x.shape, np.float32)
+    targets = jnp.asarray(t / t.sum(-1, keepdims=True), jnp.bfloat16)
+    fn = lambda x: jaxsoftmax.cross_entropy(x, targets, label_smoothing=0.1)
+    g = jnp.asarray(1.0, jnp.bfloat16)
+
+  def step(x, g):
+    y, vjp = jax.vjp(fn, x)
+    return y, vjp(g)[0]
+
+  jax.clear_caches()
+  want = jax.jit(step)(x, g)
+  with monkeypatch.context() as patch:
+    patch.setattr(jax.lax, "platform_dependent", _as_lowered_for_cuda)
+    jax.clear_caches()
+    assert "optimization_barrier" in str(jax.make_jaxpr(step)(x, g))
+    got = jax.jit(step)(x, g)
+  jax.clear_caches()
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=2.0**-7, atol=1e-6)
 
 
 @pytest.mark.parametrize("fn", [
