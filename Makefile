@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: parity test fuzz mnist bench bench-sweep bench-sharded gpu gpu-dry-run venv clean extras
+.PHONY: parity test fuzz mnist bench bench-sweep bench-sharded gpu gpu-short gpu-dry-run venv clean extras
 
 # Reinstall when the project or its pins change. torch==2.13.0 comes from constraints.txt, so the
 # local CPU wheel is used instead of a multi-GB CUDA build.
@@ -57,6 +57,10 @@ bench-sweep: $(STAMP)
 RESULTS ?= gpu-results
 gpu:
 	bash tools/gpu_plan.sh $(RESULTS)
+
+# A session of 15 minutes of device time: one device command of at most 570 s (tools/gpu_plan.sh).
+gpu-short:
+	GPU_PLAN_SHORT=1 bash tools/gpu_plan.sh $(RESULTS)
 
 # The same plan on this CPU with tiny shapes, end to end (about a minute).
 gpu-dry-run: $(STAMP)

@@ -174,6 +174,19 @@ def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is a bash script")
+def test_the_short_gpu_plan_fits_one_device_command_of_a_fifteen_minute_session(tmp_path):
+  """`make gpu-short`: parity, the sweep and both kernel-test runs, with limits that sum to at
+  most 570 s (a device command may run 600 s, and a session has 900 s with the machine's start),
+  listed without running anything or touching the results folder."""
+  env = dict(os.environ, GPU_PLAN_SHORT="1", GPU_PLAN_LIST="1")
+  proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path / "r")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=60, check=True)
+  limits = dict(line.split() for line in proc.stdout.splitlines() if "skipped" not in line)
+  assert set(limits) == {"info", "kernels", "kernels-lenient", "parity", "sweep"}, proc.stdout
+  assert sum(int(v) for v in limits.values()) <= 570
+  assert not (tmp_path / "r").exists()
+
+
 def test_the_gpu_plan_runs_end_to_end_in_its_cpu_dry_run(tmp_path):
   """`make gpu`'s script, every step, on this CPU with tiny shapes: each step exits 0 and leaves
   its files in the one results folder, ending with a kernel default table."""
@@ -183,10 +196,11 @@ def test_the_gpu_plan_runs_end_to_end_in_its_cpu_dry_run(tmp_path):
                         capture_output=True, text=True, timeout=600, check=False)
   steps = (tmp_path / "steps.txt").read_text()
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-  for name in ("info", "kernels", "parity", "bandwidth", "bench-kernels", "sweep",
-               "record-defaults"):
+  for name in ("info", "kernels", "kernels-lenient", "parity", "bandwidth", "bench-kernels",
+               "sweep", "record-defaults"):
     assert f"{name} rc=0" in steps, steps
   assert (tmp_path / "kernels.xml").exists() and (tmp_path / "parity" / "parity.md").exists()
+  assert (tmp_path / "kernels-deprecation-ignored.xml").exists()
   assert list(tmp_path.glob("sweep-*.json")) and list(tmp_path.glob("sweep-*.png"))
   table = json.loads((tmp_path / "defaults.json").read_text())
   assert table["runs"][-1]["device_kind"] == "cpu" and table["entries"] == []
