@@ -50,7 +50,7 @@ else
 fi
 step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its status recorded
   local name=$1 limit=$2; shift 2
-  case " $STEPS " in *" $name "*) ;; *) echo "== $name: skipped (GPU_PLAN_STEPS)"; return 0 ;; esac
+  case " $STEPS " in *" $name "*) ;; *) echo "== $name: skipped (not in this plan's steps)"; return 0 ;; esac
   if [ "$LIST" = 1 ]; then echo "$name $((limit * SCALE))"; return 0; fi
   local t0=$SECONDS
   echo "== $name (limit $((limit * SCALE)) s)"
