@@ -21,9 +21,11 @@
 #                   only kernels.xml
 # GPU_PLAN_DRY_RUN=1 runs the same steps on this CPU with tiny shapes (the kernels interpreted),
 # so the plan is proven end to end where no GPU is (tests/bench/test_sweep.py runs it).
+#   apart           (short plan only) benchmarks/gpu_apart_ab.py: the CUDA fence of
+#                   rows.rebuilt_apart on and off beside the peer (apart.log)
 # GPU_PLAN_SHORT=1 (`make gpu-short`) is a session of 15 minutes of device time: one device command
 # of at most 570 s (info, parity, a sweep of rows {64, 4096} by lengths {10, 1024, 8192, 32768},
-# the kernel tests both ways), as the fourth GPU session ran it (benchmarks/NOTES.md).
+# the kernel tests both ways, apart), as the fourth GPU session ran it (benchmarks/NOTES.md).
 # GPU_PLAN_STEPS="info kernels ..." runs only those steps, GPU_PLAN_KERNELS / GPU_PLAN_SWEEP
 # replace the bench-kernels / sweep arguments, and GPU_PLAN_LIST=1 prints each step's limit in
 # seconds and runs nothing.
@@ -44,7 +46,7 @@ export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
 failed=0
 SHORT=${GPU_PLAN_SHORT:-0}
 if [ "$SHORT" = 1 ]; then
-  STEPS=${GPU_PLAN_STEPS:-info parity sweep kernels kernels-lenient}
+  STEPS=${GPU_PLAN_STEPS:-info parity sweep kernels kernels-lenient apart}
 else
   STEPS=${GPU_PLAN_STEPS:-info kernels kernels-lenient parity bandwidth bench-kernels sweep record-defaults}
 fi
@@ -81,10 +83,12 @@ else
   SWEEP="--dtypes float32 bfloat16 --modes fwd+bwd --budget 0.2"
   INFO="import jax, torch; d = jax.devices()[0]; print(jax.__version__, d, d.device_kind, torch.__version__, torch.cuda.is_available())"
 fi
-# The short session's limits: parity took 126 s and this sweep 274 s on an H200 (2026-11-27).
+# The short session's limits: parity took 126 s, this sweep 274 s and each kernel-test run 16 s on
+# an H200 (2026-11-27).
 LIMIT_PARITY=540 LIMIT_SWEEP=540 LIMIT_KERNELS=300
+APART="--shapes 4096x1024 4096x8192 4096x32768"
 if [ "$SHORT" = 1 ]; then
-  LIMIT_PARITY=160 LIMIT_SWEEP=270 LIMIT_KERNELS=45
+  LIMIT_PARITY=145 LIMIT_SWEEP=285 LIMIT_KERNELS=25
   if [ "$DRY" != 1 ]; then
     PARITY="--ops softmax log_softmax softmin cross_entropy nll_loss cross_entropy[llm] linear_cross_entropy linear_cross_entropy[llm] --dtypes float32 bfloat16"
     SWEEP="--rows 64 4096 --cols 10 1024 8192 32768 --dtypes float32 bfloat16 --modes fwd+bwd --budget 0.1"
@@ -102,6 +106,8 @@ step bandwidth 540 $CLI bench $BANDWIDTH --rss none --out "$OUT_DIR" --append
 step bench-kernels 540 $CLI bench $KERNELS --modes fwd+bwd --rss none \
   --impls 'jaxsoftmax[xla]' 'jaxsoftmax[pallas]' jax.nn optax --out "$OUT_DIR" --append
 step sweep $LIMIT_SWEEP $CLI bench --sweep $SWEEP --out "$OUT_DIR"
+[ "$DRY" = 1 ] && APART=--tiny
+step apart 40 $PY benchmarks/gpu_apart_ab.py $APART --out "$OUT_DIR/apart.json"
 RESULTS=$(ls -t "$OUT_DIR"/*.json 2>/dev/null | grep -v -e '/sweep-' -e '/defaults.json' | head -n 1)
 step record-defaults 60 $CLI bench --record-defaults "${RESULTS:-$OUT_DIR/missing.json}" \
   --kernels "$OUT_DIR/kernels.xml" --defaults-out "$OUT_DIR/defaults.json"

@@ -180,14 +180,15 @@ def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is a bash script")
 def test_the_short_gpu_plan_fits_one_device_command_of_a_fifteen_minute_session(tmp_path):
-  """`make gpu-short`: parity, the sweep and both kernel-test runs, with limits that sum to at
-  most 570 s (a device command may run 600 s, and a session has 900 s with the machine's start),
-  listed without running anything or touching the results folder."""
+  """`make gpu-short`: parity, the sweep, both kernel-test runs and the fence's A/B, with limits
+  that sum to at most 570 s (a device command may run 600 s, and a session has 900 s with the
+  machine's start), listed without running anything or touching the results folder."""
   env = dict(os.environ, GPU_PLAN_SHORT="1", GPU_PLAN_LIST="1")
   proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path / "r")], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=60, check=True)
   limits = dict(line.split() for line in proc.stdout.splitlines() if "skipped" not in line)
-  assert set(limits) == {"info", "kernels", "kernels-lenient", "parity", "sweep"}, proc.stdout
+  assert set(limits) == {"info", "kernels", "kernels-lenient", "parity", "sweep", "apart"}, (
+      proc.stdout)
   assert sum(int(v) for v in limits.values()) <= 570
   assert not (tmp_path / "r").exists()
 
