@@ -14,17 +14,15 @@ soft-target cross_entropy took it from its HLO alone. This times both as shipped
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 
 import jax
 
 from jaxsoftmax._src import rows
 from jaxsoftmax.bench import providers
-from jaxsoftmax.bench.measure import time_interleaved
 from jaxsoftmax.bench.sweep import SWEEP_PEER
 
-from gpu_residual_ab import kernels  # noqa: E402  (run as a script: benchmarks/ is on sys.path)
+# Run as a script, benchmarks/ is on sys.path.
+from gpu_residual_ab import kernels, medians_of_rounds, save  # noqa: E402
 
 
 def main() -> None:
@@ -52,21 +50,14 @@ def main() -> None:
           rows.GPU_APART_FROM = shipped
         calls[name] = c["fwd+bwd"]
         nk[name] = kernels(c["fwd+bwd"].__defaults__[-1])
-      rounds = []
-      for _ in range(3):
-        t = time_interleaved(calls, reps=1000, budget_s=a.budget, min_reps=7)
-        rounds.append({k: statistics.median(v) * 1e3 for k, v in t.items()})
-      ms = {k: statistics.median(r[k] for r in rounds) for k in calls}
+      ms = medians_of_rounds(calls, a.budget)
       row = {"op": op, "shape": dims, "ms": ms, "kernels": nk,
              "peer/fenced": ms["peer"] / ms["fenced"], "peer/shared": ms["peer"] / ms["shared"]}
       out.append(row)
       print(f"{op:22s} bf16 {shape:11s} peer/fenced {row['peer/fenced']:.2f} peer/shared "
             f"{row['peer/shared']:.2f} | ms {ms['fenced']:.4f} {ms['shared']:.4f} "
             f"{ms['peer']:.4f} | kernels {nk}", flush=True)
-  if a.out:
-    with open(a.out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": out},
-                f, indent=1)
+  save(a.out, out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,24 @@ def kernels(compiled) -> int:
   return len(re.findall(r"= \S+ (fusion|custom-call|copy|all-reduce|sort|scatter|gather)\(", entry))
 
 
+def medians_of_rounds(calls, budget_s: float, rounds: int = 3) -> dict[str, float]:
+  """Milliseconds per call of each program: the median over ``rounds`` interleaved rounds of the
+  median call in each round."""
+  per_round = []
+  for _ in range(rounds):
+    t = time_interleaved(calls, reps=1000, budget_s=budget_s, min_reps=7)
+    per_round.append({n: statistics.median(v) * 1e3 for n, v in t.items()})
+  return {n: statistics.median(r[n] for r in per_round) for n in calls}
+
+
+def save(path: str | None, rows: list) -> None:
+  """The probe's rows as JSON with the device and jax version, where a path is given."""
+  if path:
+    with open(path, "w") as f:
+      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows},
+                f, indent=1)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--tiny", action="store_true")
@@ -76,11 +94,7 @@ def main() -> None:
             stem = f"{op}-{dtype}-{shape[0]}x{shape[1]}-{name}".replace("[", "_").replace("]", "")
             with open(f"{a.hlo}/{stem}.txt", "w") as f:
               f.write(compiled.as_text())
-        rounds = []
-        for _ in range(3):
-          t = time_interleaved(calls, reps=1000, budget_s=a.budget, min_reps=7)
-          rounds.append({n: statistics.median(v) * 1e3 for n, v in t.items()})
-        med = {n: statistics.median(r[n] for r in rounds) for n in calls}
+        med = medians_of_rounds(calls, a.budget)
         row = {"op": op, "shape": shape, "dtype": dtype, "ms": med, "kernels": nk,
                "peer/rebuild": med["peer"] / med["rebuild"],
                "peer/f32res": med["peer"] / med["f32res"]}
@@ -89,10 +103,7 @@ def main() -> None:
               f"{med['f32res']:.4f} peer {med['peer']:.4f} | peer/rebuild "
               f"{row['peer/rebuild']:.2f} peer/f32res {row['peer/f32res']:.2f} | kernels {nk}",
               flush=True)
-  if a.out:
-    with open(a.out, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "rows": rows},
-                f, indent=1)
+  save(a.out, rows)
 
 
 if __name__ == "__main__":
