@@ -154,8 +154,10 @@ def rebuilt_apart(kept, classes: int, rebuild):
   (4096, 8192) 0.82x of jax.nn, and rebuilt apart 0.97x; (16384, 4096) 0.75x, then 1.06x. From
   32768 classes XLA splits a row over several kernels and the fence cost (0.73-0.87x where the
   shared sum was at parity); at 16384 the two measured the same (0.77-0.81x). A CPU keeps the
-  shared sums (fencing there was slower: benchmarks/NOTES.md, third GPU session); ROCm and TPU are
-  unmeasured. benchmarks/NOTES.md, fourth GPU session; ``benchmarks/log_softmax_apart_ab.py``.
+  shared sums: XLA:CPU has no one-block fusion for the rebuilt sum to join, so it would be a
+  further pass of ``exp``, the half of a rebuilt backward's time there (benchmarks/NOTES.md, ninth
+  pass). ROCm and TPU are unmeasured. benchmarks/NOTES.md, fourth GPU session;
+  ``benchmarks/log_softmax_apart_ab.py``, ``benchmarks/gpu_apart_ab.py``.
   """
   plain = lambda *k: k
 
