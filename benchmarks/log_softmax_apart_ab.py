@@ -15,17 +15,15 @@ Since it was measured the shipped rule does the same on CUDA below 16384 classes
 from __future__ import annotations
 
 import argparse
-import functools
-import statistics
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import jaxsoftmax
-from jaxsoftmax.bench.measure import time_interleaved
 
-from gpu_residual_ab import kernels  # noqa: E402  (run from benchmarks/ on sys.path)
+# Run as a script, benchmarks/ is on sys.path.
+from gpu_residual_ab import kernels, medians_of_rounds  # noqa: E402
 
 
 @jax.custom_vjp
@@ -83,11 +81,7 @@ def main() -> None:
     y0, d0 = calls["shipped"]()
     y1, d1 = calls["apart"]()
     same = bool(jnp.array_equal(y0, y1)) and bool(jnp.array_equal(d0, d1))
-    rounds = []
-    for _ in range(3):
-      t = time_interleaved(calls, reps=1000, budget_s=a.budget, min_reps=7)
-      rounds.append({k: statistics.median(t[k]) * 1e3 for k in calls})
-    med = {k: statistics.median(r[k] for r in rounds) for k in calls}
+    med = medians_of_rounds(calls, a.budget)
     print(f"log_softmax bf16 {shape:11s} ms shipped {med['shipped']:.4f} apart {med['apart']:.4f}"
           f" jax.nn {med['jax.nn']:.4f} | peer/shipped {med['jax.nn'] / med['shipped']:.2f}"
           f" peer/apart {med['jax.nn'] / med['apart']:.2f} | kernels {nk} | same bits {same}",
