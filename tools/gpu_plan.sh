@@ -28,7 +28,10 @@
 # the kernel tests both ways, apart), as the fourth GPU session ran it (benchmarks/NOTES.md).
 # GPU_PLAN_STEPS="info kernels ..." runs only those steps, GPU_PLAN_KERNELS / GPU_PLAN_SWEEP
 # replace the bench-kernels / sweep arguments, and GPU_PLAN_LIST=1 prints each step's limit in
-# seconds and runs nothing.
+# seconds and runs nothing. GPU_PLAN_ARCHIVE=FILE (outside DIR) rewrites FILE, a .tgz of DIR, after
+# every step: the device tool carries back only a few files per command and nothing from a killed
+# one's scratch space, so `GPU_PLAN_ARCHIVE=$OUT/results.tgz` keeps every finished step's files
+# (the fifth GPU session lost its parity report and sweep JSON without it).
 set -u
 OUT_DIR=${1:-${JAXSOFTMAX_RESULTS:-}}
 if [ -z "$OUT_DIR" ]; then
@@ -39,7 +42,15 @@ DRY=${GPU_PLAN_DRY_RUN:-0}
 if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python}; fi
 SCALE=${GPU_PLAN_SCALE:-1}          # multiplies every step's time limit
 LIST=${GPU_PLAN_LIST:-0}
+ARCHIVE=${GPU_PLAN_ARCHIVE:-}
+case "$ARCHIVE" in
+  "$OUT_DIR"/*) echo "GPU_PLAN_ARCHIVE must be outside the results folder, got $ARCHIVE" >&2; exit 2 ;;
+esac
 if [ "$LIST" != 1 ]; then mkdir -p "$OUT_DIR" && : >"$OUT_DIR/steps.txt"; fi
+archive() {  # DIR as a .tgz at $ARCHIVE, replaced only once complete (a kill mid-tar keeps the last)
+  [ -n "$ARCHIVE" ] || return 0
+  tar czf "$ARCHIVE.part" -C "$OUT_DIR" . && mv -f "$ARCHIVE.part" "$ARCHIVE"
+}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 # A step that runs over its limit gets SIGABRT first, and faulthandler prints where it was.
 export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
@@ -61,6 +72,7 @@ step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its st
   [ $rc -eq 0 ] || failed=1
   echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUT_DIR/steps.txt"
   tail -n 12 "$OUT_DIR/$name.log"
+  archive
 }
 CLI="$PY -m jaxsoftmax.cli"
 KERNELS_OVERRIDE=${GPU_PLAN_KERNELS:-}
@@ -83,12 +95,13 @@ else
   SWEEP="--dtypes float32 bfloat16 --modes fwd+bwd --budget 0.2"
   INFO="import jax, torch; d = jax.devices()[0]; print(jax.__version__, d, d.device_kind, torch.__version__, torch.cuda.is_available())"
 fi
-# The short session's limits: parity took 126 s, this sweep 274 s and each kernel-test run 16 s on
-# an H200 (2026-11-27).
+# The short session's limits: parity took 126 s and 111 s, this sweep 274 s and 282 s (and a third
+# run went past 285 s at its 96th of 98 cells) and each kernel-test run 15-18 s on an H200
+# (2026-11-27).
 LIMIT_PARITY=540 LIMIT_SWEEP=540 LIMIT_KERNELS=300
 APART="--shapes 4096x1024 4096x8192 4096x32768"
 if [ "$SHORT" = 1 ]; then
-  LIMIT_PARITY=145 LIMIT_SWEEP=285 LIMIT_KERNELS=25
+  LIMIT_PARITY=125 LIMIT_SWEEP=305 LIMIT_KERNELS=25
   if [ "$DRY" != 1 ]; then
     PARITY="--ops softmax log_softmax softmin cross_entropy nll_loss cross_entropy[llm] linear_cross_entropy linear_cross_entropy[llm] --dtypes float32 bfloat16"
     SWEEP="--rows 64 4096 --cols 10 1024 8192 32768 --dtypes float32 bfloat16 --modes fwd+bwd --budget 0.1"

@@ -7,6 +7,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -195,19 +196,37 @@ def test_the_short_gpu_plan_fits_one_device_command_of_a_fifteen_minute_session(
 
 def test_the_gpu_plan_runs_end_to_end_in_its_cpu_dry_run(tmp_path):
   """`make gpu`'s script, every step, on this CPU with tiny shapes: each step exits 0 and leaves
-  its files in the one results folder, ending with a kernel default table."""
-  env = dict(os.environ, GPU_PLAN_DRY_RUN="1", PYTHON=sys.executable, GPU_PLAN_SCALE="1")
+  its files in the one results folder, ending with a kernel default table, and GPU_PLAN_ARCHIVE
+  holds the whole folder (what a device command carries back)."""
+  out, archive = tmp_path / "r", tmp_path / "results.tgz"
+  env = dict(os.environ, GPU_PLAN_DRY_RUN="1", PYTHON=sys.executable, GPU_PLAN_SCALE="1",
+             GPU_PLAN_ARCHIVE=str(archive))
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path)], cwd=ROOT, env=env,
+  proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(out)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
-  steps = (tmp_path / "steps.txt").read_text()
+  steps = (out / "steps.txt").read_text()
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
   for name in ("info", "kernels", "kernels-lenient", "parity", "bandwidth", "bench-kernels",
                "sweep", "record-defaults"):
     assert f"{name} rc=0" in steps, steps
-  assert (tmp_path / "kernels.xml").exists() and (tmp_path / "parity" / "parity.md").exists()
-  assert (tmp_path / "kernels-deprecation-ignored.xml").exists()
-  assert list(tmp_path.glob("sweep-*.json")) and list(tmp_path.glob("sweep-*.png"))
-  table = json.loads((tmp_path / "defaults.json").read_text())
+  assert (out / "kernels.xml").exists() and (out / "parity" / "parity.md").exists()
+  assert (out / "kernels-deprecation-ignored.xml").exists()
+  assert list(out.glob("sweep-*.json")) and list(out.glob("sweep-*.png"))
+  table = json.loads((out / "defaults.json").read_text())
   assert table["runs"][-1]["device_kind"] == "cpu" and table["entries"] == []
   assert table["runs"][-1]["outcome"] == "no compiled-kernel test ran"
+  with tarfile.open(archive) as tar:
+    names = {os.path.normpath(n) for n in tar.getnames()}
+    packed_steps = tar.extractfile("./steps.txt").read().decode()
+  on_disk = {os.path.relpath(p, out) for p in map(str, out.rglob("*"))}
+  assert names - {"."} == on_disk and packed_steps == steps
+  assert not archive.with_name("results.tgz.part").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is a bash script")
+def test_the_gpu_plan_refuses_an_archive_inside_its_results_folder(tmp_path):
+  """A .tgz written into the folder it packs would pack its own partial self."""
+  env = dict(os.environ, GPU_PLAN_LIST="1", GPU_PLAN_ARCHIVE=str(tmp_path / "r" / "all.tgz"))
+  proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path / "r")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 2 and "GPU_PLAN_ARCHIVE must be outside" in proc.stderr
