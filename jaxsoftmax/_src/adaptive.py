@@ -70,8 +70,12 @@ def _head_and_tails(x, head_kernel, head_bias, tails, cutoffs):
   return head, parts
 
 
+@functools.partial(jax.jit, static_argnames=("cutoffs",))
 def log_prob(x, head_kernel, head_bias, tails, cutoffs):
-  """``[N, n_classes]`` log-probabilities of every class (torch's ``log_prob``)."""
+  """``[N, n_classes]`` log-probabilities of every class (torch's ``log_prob``).
+
+  Jitted (``cutoffs`` static), as ``_with_loss`` is: called eagerly it is one program, not a
+  dispatch per matmul, slice and concatenation."""
   head, parts = _head_and_tails(x, head_kernel, head_bias, tails, cutoffs)
   shortlist = cutoffs[0]
   out = [head[:, :shortlist]]

@@ -135,10 +135,13 @@ def _torch_asm(t, p):
 
 
 def _jax_asm_module(a):
-  """jaxsoftmax.nn.AdaptiveLogSoftmaxWithLoss holding the case's (possibly traced) weights."""
-  module = jnn.AdaptiveLogSoftmaxWithLoss(
+  """jaxsoftmax.nn.AdaptiveLogSoftmaxWithLoss holding the case's (possibly traced) weights.
+
+  Built abstractly (``nnx.eval_shape``): every parameter is replaced below, so drawing torch's
+  initial weights would only cost a random-number program per weight shape and dtype."""
+  module = nnx.eval_shape(lambda: jnn.AdaptiveLogSoftmaxWithLoss(
       ASM["in_features"], ASM["n_classes"], ASM["cutoffs"], ASM["div_value"],
-      head_bias="head.bias" in a, dtype=a["x"].dtype, rngs=nnx.Rngs(0))
+      head_bias="head.bias" in a, dtype=a["x"].dtype, rngs=nnx.Rngs(0)))
   module.head.kernel.set_value(a["head.weight"].T)
   if "head.bias" in a:
     module.head.bias.set_value(a["head.bias"])
@@ -215,11 +218,14 @@ def _torch_lce_module(t, p):
 
 def _jax_lce_module(a, p):
   v, d = a["lw"].shape
-  module = jnn.LinearCrossEntropyLoss(d, v, bias="bias" in a, weight=a.get("weight"),
-                                      rngs=nnx.Rngs(0), **_lce_kwargs(p))
+  # Built abstractly, as _jax_asm_module is: every array it holds is replaced below.
+  module = nnx.eval_shape(lambda: jnn.LinearCrossEntropyLoss(
+      d, v, bias="bias" in a, weight=a.get("weight"), rngs=nnx.Rngs(0), **_lce_kwargs(p)))
   module.linear.kernel = nnx.Param(a["lw"].T)  # NNX kernel = torch's Linear.weight transposed
   if "bias" in a:
     module.linear.bias = nnx.Param(a["bias"])
+  if "weight" in a:
+    module.weight.set_value(a["weight"])
   return module(a["x"], a["target"])
 
 
