@@ -53,7 +53,9 @@ bench-sweep: $(STAMP)
 	$(BIN)/jaxsoftmax bench --sweep
 
 # The GPU plan, on a copy of the tree on a GPU machine with CUDA JAX, torch and pytest installed
-# and no network (nothing is installed; see tools/gpu_plan.sh): `make gpu RESULTS=DIR`.
+# and no network (nothing is installed; see tools/gpu_plan.sh): `make gpu RESULTS=DIR`. On the lent
+# device machine add GPU_PLAN_ARCHIVE=$OUT/results.tgz (the environment reaches the script): the
+# folder comes back as one archive, rewritten after every step.
 RESULTS ?= gpu-results
 gpu:
 	bash tools/gpu_plan.sh $(RESULTS)
