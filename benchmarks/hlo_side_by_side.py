@@ -9,6 +9,10 @@ the machine's noise (issue 17, benchmarks/NOTES.md).
 
 ``--dump DIR`` also writes each program's whole compiled HLO to
 ``DIR/<op>-<dtype>-<shape>-<impl>.txt`` (for reading a GPU's programs on a machine without one).
+Several cells, four words each, run in one process (the short GPU plan's ``hlo`` step):
+
+    PYTHONPATH=. python benchmarks/hlo_side_by_side.py softmax bfloat16 fwd+bwd 4096x8192 \
+        log_softmax bfloat16 fwd+bwd 4096x16384 --dump DIR
 """
 
 from __future__ import annotations
@@ -20,17 +24,35 @@ import re
 from jaxsoftmax.bench import providers
 from jaxsoftmax.bench.sweep import SWEEP_PEER
 
-def main() -> None:
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def main(argv=None) -> None:
   ap = argparse.ArgumentParser()
-  ap.add_argument("op", choices=sorted(SWEEP_PEER))
-  ap.add_argument("dtype")
-  ap.add_argument("mode", choices=["fwd", "bwd", "fwd+bwd"])
-  ap.add_argument("shape", help="e.g. 64x1024 (linear_cross_entropy: NxDxV)")
+  ap.add_argument("cells", nargs="+", metavar="OP DTYPE MODE SHAPE",
+                  help="one or more cells, e.g. softmax bfloat16 fwd+bwd 64x1024 "
+                       "(linear_cross_entropy's shape: NxDxV)")
   ap.add_argument("--bodies", nargs="*", default=[])
   ap.add_argument("--dump", type=pathlib.Path, help="write each whole compiled program here")
-  a = ap.parse_args()
+  a = ap.parse_args(argv)
+  words = a.cells
+  if len(words) % 4:
+    ap.error(f"cells come in fours (op dtype mode shape); got {len(words)} words: {words}")
+  for i in range(0, len(words), 4):
+    op, dtype, mode, shape = words[i:i + 4]
+    if op not in SWEEP_PEER:
+      ap.error(f"op must be one of {sorted(SWEEP_PEER)}; got {op!r}")
+    if mode not in MODES:
+      ap.error(f"mode must be one of {MODES}; got {mode!r}")
+    show(argparse.Namespace(op=op, dtype=dtype, mode=mode, shape=shape, bodies=a.bodies,
+                            dump=a.dump))
+
+
+def show(a) -> None:
+  """One cell: both programs' top-level fusions, and their whole text under ``a.dump``."""
   shape = tuple(int(n) for n in a.shape.split("x"))
   peer = SWEEP_PEER[a.op]
+  print(f"##### {a.op} {a.dtype} {a.mode} {a.shape}")
   for impl in ("jaxsoftmax", peer):
     calls, temp = providers.jax_setup(a.op, impl, shape, a.dtype, [a.mode])
     # The harness's callables close over the compiled executable as their last default.

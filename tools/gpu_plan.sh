@@ -23,9 +23,12 @@
 # so the plan is proven end to end where no GPU is (tests/bench/test_sweep.py runs it).
 #   apart           (short plan only) benchmarks/gpu_apart_ab.py: the CUDA fence of
 #                   rows.rebuilt_apart on and off beside the peer (apart.log)
+#   hlo             benchmarks/hlo_side_by_side.py --dump: both sides' compiled programs of the
+#                   cells left under the floor on a GPU (hlo/), to read on a machine without one
 # GPU_PLAN_SHORT=1 (`make gpu-short`) is a session of 15 minutes of device time: one device command
 # of at most 570 s (info, parity, a sweep of rows {64, 4096} by lengths {10, 1024, 8192, 32768},
-# the kernel tests both ways, apart), as the fourth GPU session ran it (benchmarks/NOTES.md).
+# the kernel tests both ways, apart, hlo), as the fourth and fifth GPU sessions ran it
+# (benchmarks/NOTES.md).
 # GPU_PLAN_STEPS="info kernels ..." runs only those steps, GPU_PLAN_KERNELS / GPU_PLAN_SWEEP
 # replace the bench-kernels / sweep arguments, and GPU_PLAN_LIST=1 prints each step's limit in
 # seconds and runs nothing. GPU_PLAN_ARCHIVE=FILE (outside DIR) rewrites FILE, a .tgz of DIR, after
@@ -57,9 +60,9 @@ export PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
 failed=0
 SHORT=${GPU_PLAN_SHORT:-0}
 if [ "$SHORT" = 1 ]; then
-  STEPS=${GPU_PLAN_STEPS:-info parity sweep kernels kernels-lenient apart}
+  STEPS=${GPU_PLAN_STEPS:-info parity sweep kernels kernels-lenient apart hlo}
 else
-  STEPS=${GPU_PLAN_STEPS:-info kernels kernels-lenient parity bandwidth bench-kernels sweep record-defaults}
+  STEPS=${GPU_PLAN_STEPS:-info kernels kernels-lenient parity bandwidth bench-kernels sweep record-defaults hlo}
 fi
 step() {  # step NAME SECONDS COMMAND...: one step under a limit, logged, its status recorded
   local name=$1 limit=$2; shift 2
@@ -84,6 +87,7 @@ if [ "$DRY" = 1 ]; then
   BANDWIDTH="--ops softmax --shapes 64x128 --modes fwd --dtypes float32 --budget 0.2 --impls jax.nn"
   KERNELS="--ops softmax --shapes 64x128 --dtypes float32 --budget 0.2"
   SWEEP="--ops softmax --rows 1 64 --cols 2 128 --dtypes float32 --modes fwd+bwd --budget 0.05"
+  HLO="softmax float32 fwd+bwd 64x128"
   INFO="import jax; print('dry run on', jax.devices()[0].device_kind, jax.__version__)"
 else
   DEVICE=gpu
@@ -94,6 +98,8 @@ else
   KERNELS="--ops softmax log_softmax cross_entropy --shapes 4096x1024 4096x8192 4096x32768 8192x131072 --dtypes float32 bfloat16 --budget 1"
   SWEEP="--dtypes float32 bfloat16 --modes fwd+bwd --budget 0.2"
   INFO="import jax, torch; d = jax.devices()[0]; print(jax.__version__, d, d.device_kind, torch.__version__, torch.cuda.is_available())"
+  # The bfloat16 cells of more than 0.2 ms under the floor on the H200 (fifth GPU session).
+  HLO="softmax bfloat16 fwd+bwd 4096x8192 cross_entropy[probs] bfloat16 fwd+bwd 4096x8192 log_softmax bfloat16 fwd+bwd 4096x16384 nll_loss bfloat16 fwd+bwd 4096x1024"
 fi
 # The short session's limits: parity took 126 s and 111 s, this sweep 274 s and 282 s (and a third
 # run went past 285 s at its 96th of 98 cells) and each kernel-test run 15-18 s on an H200
@@ -121,6 +127,10 @@ step bench-kernels 540 $CLI bench $KERNELS --modes fwd+bwd --rss none \
 step sweep $LIMIT_SWEEP $CLI bench --sweep $SWEEP --out "$OUT_DIR"
 [ "$DRY" = 1 ] && APART=--tiny
 step apart 40 $PY benchmarks/gpu_apart_ab.py $APART --out "$OUT_DIR/apart.json"
+LIMIT_HLO=60
+[ "$SHORT" = 1 ] && LIMIT_HLO=20
+# shellcheck disable=SC2086  # HLO is the cells' words, split on purpose
+step hlo $LIMIT_HLO $PY benchmarks/hlo_side_by_side.py $HLO --dump "$OUT_DIR/hlo"
 RESULTS=$(ls -t "$OUT_DIR"/*.json 2>/dev/null | grep -v -e '/sweep-' -e '/defaults.json' | head -n 1)
 step record-defaults 60 $CLI bench --record-defaults "${RESULTS:-$OUT_DIR/missing.json}" \
   --kernels "$OUT_DIR/kernels.xml" --defaults-out "$OUT_DIR/defaults.json"

@@ -181,14 +181,16 @@ def test_the_sweep_refuses_what_it_cannot_run(tmp_path, capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is a bash script")
 def test_the_short_gpu_plan_fits_one_device_command_of_a_fifteen_minute_session(tmp_path):
-  """`make gpu-short`: parity, the sweep, both kernel-test runs and the fence's A/B, with limits
-  that sum to at most 570 s (a device command may run 600 s, and a session has 900 s with the
-  machine's start), listed without running anything or touching the results folder."""
+  """`make gpu-short`: parity, the sweep, both kernel-test runs, the fence's A/B and the HLO of
+  the cells under the floor, with limits that sum to at most 570 s (a device command may run
+  600 s, and a session has 900 s with the machine's start), listed without running anything or
+  touching the results folder."""
   env = dict(os.environ, GPU_PLAN_SHORT="1", GPU_PLAN_LIST="1")
   proc = subprocess.run(["bash", "tools/gpu_plan.sh", str(tmp_path / "r")], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=60, check=True)
   limits = dict(line.split() for line in proc.stdout.splitlines() if "skipped" not in line)
-  assert set(limits) == {"info", "kernels", "kernels-lenient", "parity", "sweep", "apart"}, (
+  assert set(limits) == {"info", "kernels", "kernels-lenient", "parity", "sweep", "apart",
+                         "hlo"}, (
       proc.stdout)
   assert sum(int(v) for v in limits.values()) <= 570
   assert not (tmp_path / "r").exists()
@@ -207,8 +209,10 @@ def test_the_gpu_plan_runs_end_to_end_in_its_cpu_dry_run(tmp_path):
   steps = (out / "steps.txt").read_text()
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
   for name in ("info", "kernels", "kernels-lenient", "parity", "bandwidth", "bench-kernels",
-               "sweep", "record-defaults"):
+               "sweep", "hlo", "record-defaults"):
     assert f"{name} rc=0" in steps, steps
+  assert {p.name for p in (out / "hlo").iterdir()} == {
+      "softmax-float32-64x128-jaxsoftmax.txt", "softmax-float32-64x128-jax.nn.txt"}
   assert (out / "kernels.xml").exists() and (out / "parity" / "parity.md").exists()
   assert (out / "kernels-deprecation-ignored.xml").exists()
   assert list(out.glob("sweep-*.json")) and list(out.glob("sweep-*.png"))
