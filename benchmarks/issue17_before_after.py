@@ -4,6 +4,11 @@ interleaved, medians of 11 calls). Run it for the old tree and the new one:
 
   .venv/bin/python benchmarks/issue17_before_after.py --tree /path/to/old --runs 3
   .venv/bin/python benchmarks/issue17_before_after.py --tree . --runs 3
+
+or both in one call, their processes interleaved (old, new, old, new, ...), so a slow spell of
+this shared machine falls on both:
+
+  .venv/bin/python benchmarks/issue17_before_after.py --trees /path/to/old . --runs 3
 """
 import argparse
 import json
@@ -37,10 +42,19 @@ def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--tree", default=".", help="the checkout whose jaxsoftmax is timed")
   p.add_argument("--runs", type=int, default=3, help="fresh processes per figure")
+  p.add_argument("--trees", nargs="+", help="several checkouts, their runs interleaved")
   args = p.parse_args()
-  tree = pathlib.Path(args.tree).resolve()
-  runs = [one_run(tree) for _ in range(args.runs)]
-  print(f"tree {tree}: peer / jaxsoftmax, fwd+bwd float32, median of {args.runs} processes")
+  trees = [pathlib.Path(t).resolve() for t in (args.trees or [args.tree])]
+  runs = {t: [] for t in trees}
+  for _ in range(args.runs):
+    for t in trees:
+      runs[t].append(one_run(t))
+  for t in trees:
+    report(t, runs[t])
+
+
+def report(tree: pathlib.Path, runs: list[dict]) -> None:
+  print(f"tree {tree}: peer / jaxsoftmax, fwd+bwd float32, median of {len(runs)} processes")
   print("| op | " + " | ".join(f"({s.replace('x', ', ')})" for s in SHAPES) + " |")
   print("|---|" + "---|" * len(SHAPES))
   all_ratios = []
