@@ -27,7 +27,7 @@ __all__ = ["softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss", "gu
 
 
 def _family_input(input, dim, dtype, name, stacklevel):
-  x = jnp.asarray(input)
+  x = checks.as_array(input)
   if dim is None:
     dim = torch_compat.implicit_dim(name, x.ndim, stacklevel + 1)
   if isinstance(dim, bool) or not isinstance(dim, int):

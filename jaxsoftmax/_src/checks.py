@@ -24,9 +24,16 @@ def is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def as_array(x) -> jax.Array:
+  """``jnp.asarray(x)``, but an array (or tracer) is returned as it is: ``asarray`` would bind a
+  ``convert_element_type`` to its own dtype, which under eager autodiff (``jax.grad`` of an
+  unjitted call) is a program of its own, compiled per shape and dtype."""
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
 def as_float_array(x, name: str, op: str) -> jax.Array:
   """Converts ``x`` to a JAX array and checks that it is real floating point."""
-  arr = jnp.asarray(x)
+  arr = as_array(x)
   if not jnp.issubdtype(arr.dtype, jnp.floating):
     raise DTypeError(
         f"{op}: {name} must be a real floating-point array; got dtype {arr.dtype}. "

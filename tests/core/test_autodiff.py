@@ -419,3 +419,23 @@ def test_nll_loss_half_gradient_is_the_same_by_select_and_by_scatter(rows, weigh
   assert grad.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(grad, np.float32),
                                 np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float32))
+
+
+def test_an_eager_gradient_takes_the_input_as_it_is_without_a_conversion_program():
+  """``jnp.asarray`` of a JVP tracer binds a ``convert_element_type`` to its own dtype, and in an
+  eager ``jax.grad`` that is a program of its own, compiled per shape and dtype. The inputs of the
+  ops and of the mirror are taken as they are when they are already arrays."""
+  from jaxsoftmax import functional  # noqa: PLC0415
+
+  x = jnp.linspace(-1.0, 1.0, 15).reshape(3, 5)
+  seen = []
+
+  def probe(v):
+    seen.append(checks.as_float_array(v, "x", "probe") is v)
+    seen.append(checks.as_array(v) is v)
+    return functional.softmax(v, dim=-1)
+
+  jax.vjp(probe, x)
+  assert seen == [True, True]
+  from_numpy = checks.as_float_array(np.ones((2, 3), np.float32), "x", "probe")
+  assert isinstance(from_numpy, jax.Array) and from_numpy.dtype == jnp.float32
