@@ -35,7 +35,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-
+from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -316,15 +316,22 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   # logits-sized array, as optax's autodiff keeps; for a large 16-bit x, x). The logits too, only
   # when the targets or the class weights are differentiated: their gradients need the exact
   # log-softmax (x - m - log total), which e cannot give back where it underflowed.
+  # The row statistics m and total travel as one array, and the lse is formed again from them
+  # (the same operations on the same values): every residual is an argument of the backward's
+  # executable, about 0.25 us each on this CPU, and with m, total and lse apart the backward at
+  # (1, 128) took six arguments to optax's three and ran 0.955x of it (benchmarks/NOTES.md,
+  # twelfth pass).
   aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
   keep_x = perturbed is None or perturbed[1] or (weight is not None and perturbed[2])
   # For a large 16-bit x, x itself stands in for e (_exps_of): 2 bytes per element, as optax's.
-  return (out, aux), (x if keep_x else xent.absent(x), _stand_in(x, e), targets, weight, m, total,
-                      lse)
+  return (out, aux), (x if keep_x else xent.absent(x), _stand_in(x, e), targets, weight,
+                      jnp.concatenate([m, total], axis=axis))
 
 
 def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
-  x, e, targets, weight, m, total, lse = res
+  x, e, targets, weight, stats = res
+  m, total = (lax.slice_in_dim(stats, i, i + 1, axis=axis) for i in (0, 1))
+  lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)  # as the forward formed it
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
   if checks.compute_dtype(e.dtype) != e.dtype:  # a large 16-bit x stands in for e
     # On a CUDA GPU, where a row fits one fusion, the row statistics are rebuilt from a fenced x,
