@@ -9,7 +9,7 @@ rows). Every residual a forward keeps is an argument of the backward's executabl
 
     PYTHONPATH=. python benchmarks/residual_arguments.py
 
-Run on this 2-core CPU (jax 0.10.2, benchmarks/NOTES.md, twelfth pass): 7.7, 7.8, 8.4 and 9.2 us,
+Run on this 2-core CPU (jax 0.10.2, benchmarks/NOTES.md, twelfth pass): 7.9, 8.0, 8.7 and 9.4 us,
 about 0.25 us an argument; soft-target cross_entropy kept six arrays to optax's three until the
 row statistics travelled as one.
 """

@@ -319,7 +319,7 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   # The row statistics m and total travel as one array, and the lse is formed again from them
   # (the same operations on the same values): every residual is an argument of the backward's
   # executable, about 0.25 us each on this CPU, and with m, total and lse apart the backward at
-  # (1, 128) took six arguments to optax's three and ran 0.955x of it (benchmarks/NOTES.md,
+  # (1, 128) took six arguments to optax's three and ran 0.953x of it (benchmarks/NOTES.md,
   # twelfth pass).
   aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
   keep_x = perturbed is None or perturbed[1] or (weight is not None and perturbed[2])

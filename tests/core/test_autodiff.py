@@ -357,7 +357,7 @@ def test_the_soft_target_backward_takes_its_row_statistics_as_one_argument():
   """Every residual is an argument of the backward's executable (about 0.25 us each on a CPU):
   the row max and sum travel as one array and the lse is formed again from them, so a backward
   run on its own takes one row-sized argument, as optax's autodiff does (with m, total and lse
-  apart, bwd at (1, 128) ran 0.955x of optax; benchmarks/NOTES.md, twelfth pass)."""
+  apart, bwd at (1, 128) ran 0.953x of optax; benchmarks/NOTES.md, twelfth pass)."""
   t = jax.nn.softmax(X[::-1])
   _, vjp = jax.jit(lambda x: jax.vjp(lambda v: jaxsoftmax.cross_entropy(v, t), x))(X)
   rows = [leaf for leaf in jax.tree_util.tree_leaves(vjp) if 0 < leaf.size < X.size]
