@@ -42,7 +42,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
-from jaxsoftmax._src.rows import GPU_APART_FROM, rebuilt_apart, row_max, row_max_of, row_sum
+from jaxsoftmax._src.rows import (GPU_APART_FROM, max_once, rebuilt_apart, row_max, row_max_of,
+                                 row_sum)
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -136,7 +137,7 @@ def _log_apart(kept, where, axes, temperature, negate):
   forward's ``s`` is not shared (rows.rebuilt_apart says why and where)."""
   def stats(x):
     m = _max(x, scaled(x, negate, temperature), axes, where, temperature, negate)
-    return m, row_sum(_exps(x, where, temperature, negate, m), axes)
+    return m, row_sum(_exps(x, where, temperature, negate, m), axes, stats=True)
 
   return rebuilt_apart(kept, math.prod(kept[0].shape[a] for a in axes), stats)
 
@@ -146,7 +147,7 @@ def _softmax_xla_fwd(x, where, axes, temperature, negate):
   m = _max(x, xc, axes, where, temperature, negate)
   # Masked entries contribute nothing; a fully masked row gives zeros (jax.nn semantics).
   e = _keep(where, jnp.exp(xc - m))
-  s = row_sum(e, axes)
+  s = row_sum(e, axes, stats=True)
   y = _keep(where, e / s)
   # Residual (see the module docstring): float32 y, or for a large 16-bit x, x and the row
   # statistics (m, s), from which the backward rebuilds the float32 y (checks.REBUILD_FROM). With
@@ -179,8 +180,9 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   m = _max(x, xc, axes, where, temperature, negate)
   shifted = xc - m
   e = _keep(where, jnp.exp(shifted))
-  s = row_sum(e, axes)
-  y = _keep(where, shifted - jnp.log(s), NEG_INF)
+  s = row_sum(e, axes, stats=True)
+  log_s = jnp.log(s)
+  y = _keep(where, (xc - max_once(m, log_s, xc, axes)) - log_s, NEG_INF)
   # Residual: the exponentials e = exp(x - m) and their row sums s, so the backward is
   # g - e (sum g) / s with no exp of its own (e^y = e / s). Keeping y instead made the backward
   # recompute e^y: 0.6-0.8x of jax.nn's backward on XLA:CPU, which keeps e too (benchmarks/

@@ -131,7 +131,7 @@ def _xla_chunk_step(z, t, weight, eps, total_w, z_loss=0.0):
   if t.stats is None:
     m = row_max(z, 1)[:, 0]
     e = jnp.exp(z - m[:, None])
-    s = row_sum(e, 1, into_reduction=True)[:, 0]
+    s = row_sum(e, 1, into_reduction=True, stats=True)[:, 0]
     log_s = jnp.log(s)
   else:
     m, log_s = t.stats

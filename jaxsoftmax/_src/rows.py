@@ -21,21 +21,30 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["GPU_APART_FROM", "LONG_ROW", "SHORT_ROW", "rebuilt_apart", "row_max", "row_max_of",
-           "row_sum", "total_sum"]
+__all__ = ["GPU_APART_FROM", "LONG_ROW", "SHORT_ROW", "SHORT_STATS", "max_once", "rebuilt_apart",
+           "row_max", "row_max_of", "row_sum", "total_sum"]
 
-#: The longest row (in classes) that is unrolled on a CPU. Measured: rows of 2, 4 and 10 win
-#: 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
+#: The longest row (in classes) whose sums of gradient terms are unrolled on a CPU. Measured:
+#: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
 SHORT_ROW = 10
 
+#: The longest row whose forward statistics (the row max, the sum of exponentials) are unrolled on
+#: a CPU. On the AVX-512 host of 2026-11-27 (benchmarks/NOTES.md, thirteenth pass) the forwards of
+#: softmax, log_softmax and cross_entropy at 10 classes ran 0.59-0.87x of jax.nn / optax
+#: unrolled (float32; bfloat16 0.76-1.08) and 1.00x with ``jnp.max`` / ``jnp.sum``, the peer's
+#: own kernels; at 4 and 8 classes unrolled ran 1.0-3.6x of the peer (float32 forwards alone
+#: 0.86-1.63 at 8) against 1.00x plain. Backward sums keep :data:`SHORT_ROW`.
+SHORT_STATS = 8
 
-def _axis(x, axes: int | Sequence[int]) -> int | None:
-  """The one reduced axis (non-negative) when it is short enough to unroll, else None."""
+
+def _axis(x, axes: int | Sequence[int], stats: bool = False) -> int | None:
+  """The one reduced axis (non-negative) when it is short enough to unroll, else None: at most
+  :data:`SHORT_STATS` classes for a forward statistic, :data:`SHORT_ROW` for other sums."""
   axes = (axes,) if isinstance(axes, int) else tuple(axes)
   if len(axes) != 1:
     return None
   axis = axes[0] % x.ndim
-  return axis if 0 < x.shape[axis] <= SHORT_ROW else None
+  return axis if 0 < x.shape[axis] <= (SHORT_STATS if stats else SHORT_ROW) else None
 
 
 #: A single row at least this long is summed as a dot product on a CPU: as one YNNPACK fusion
@@ -75,7 +84,7 @@ def row_max(x, axes: int | Sequence[int], where=None, *, unroll: bool = True):
   output's ``x * (1/T) - m``, which LLVM contracts into one FMA; the maximum's own entry of
   log_softmax then came out 7.6e-05, not torch's exact 0 (the grid's "large" case at T = 3).
   """
-  axis = _axis(x, axes) if unroll else None
+  axis = _axis(x, axes, stats=True) if unroll else None
   if where is not None:
     x = jnp.where(where, x, -jnp.inf)
   plain = lambda v: jnp.max(v, axis=axes, keepdims=True, initial=-jnp.inf)  # noqa: E731
@@ -91,14 +100,33 @@ def row_max_of(x, dtype, axes: int | Sequence[int], where=None, *, unroll: bool 
   materialising its float32 copy for the max to read (log_softmax fwd+bwd, bfloat16, (1024, 8192):
   a 32 MiB float32 array written and read twice; 0.82x of jax.nn before, 1.2x after)."""
   if (jnp.dtype(x.dtype).itemsize >= jnp.dtype(dtype).itemsize
-      or (unroll and _axis(x, axes) is not None)):
+      or (unroll and _axis(x, axes, stats=True) is not None)):
     # Short rows unroll into float32 elementwise code anyway, where XLA:CPU's 16-bit max chain
     # was slower (log_softmax bfloat16 (1024, 10): 0.11 ms against 0.07 ms).
     return row_max(x.astype(dtype), axes, where, unroll=unroll)
   return row_max(x, axes, where, unroll=unroll).astype(dtype)
 
 
-def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False):
+def max_once(m, log_sum, x, axes: int | Sequence[int]):
+  """``m`` again, in value, but read by log_softmax's output loop as a row vector.
+
+  On a CPU a short row's max is an unrolled chain of elementwise maxima, which XLA fuses into each
+  consumer. In log_softmax's output ``(x - m) - log s`` that recomputes the chain for every
+  element, and XLA:CPU's cost model then splits the loop over both threads; waking the second
+  thread costs more than the loop. Returned as ``m + 0 * log s``, the max shares its consumer
+  with the ``log``, which XLA does not duplicate, so the chain runs once in a kernel of its own
+  and the output reads two row vectors. Measured at bfloat16 (1024, 10) while 10 classes were
+  still unrolled: 0.72-0.88x of jax.nn before, 0.96-1.03x after, in pairs of fresh instances
+  (benchmarks/NOTES.md, thirteenth pass). The value is ``m`` exactly wherever ``log s`` is finite; where it is not, the
+  row's output is NaN or fully masked either way. Longer rows and other platforms: ``m``.
+  """
+  if _axis(x, axes, stats=True) is None:
+    return m
+  return lax.platform_dependent(m, log_sum, cpu=lambda m, ls: m + 0.0 * ls,
+                                default=lambda m, ls: m)
+
+
+def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats: bool = False):
   """``sum`` over ``axes`` with ``keepdims``.
 
   Short rows on a CPU: an unrolled chain of adds, which XLA fuses into the elementwise consumers
@@ -108,7 +136,7 @@ def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False):
   (65536, 10): 3x slower than optax); there the sum is a matrix-vector product with ones, which
   XLA:CPU runs with its own dot emitter and fuses into nothing.
   """
-  axis = _axis(x, axes)
+  axis = _axis(x, axes, stats)
   plain = lambda v: jnp.sum(v, axis=axes, keepdims=True)  # noqa: E731
   one = _one_long_row(x, axes)
   if one is not None:

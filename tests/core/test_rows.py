@@ -13,7 +13,7 @@ RNG = np.random.default_rng(0)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
-@pytest.mark.parametrize("num_classes", [3, 10, 300])  # unrolled on a CPU, and a reduction
+@pytest.mark.parametrize("num_classes", [3, 8, 10, 300])  # unrolled on a CPU up to 8 classes
 def test_row_max_of_a_narrow_input_is_the_max_of_its_upcast(dtype, num_classes):
   x = RNG.standard_normal((5, num_classes)).astype(np.float32) * 30
   x[1, 2] = np.nan
@@ -48,3 +48,47 @@ def test_the_batch_sum_adds_every_term():
   np.testing.assert_allclose(jax.jit(rows.total_sum)(v), np.asarray(v, np.float64).sum(),
                              rtol=1e-6)
   assert jax.jit(rows.total_sum)(jnp.zeros((0,), jnp.float32)) == 0.0
+
+
+def _reduces(f, *args) -> bool:
+  return "stablehlo.reduce" in jax.jit(f).lower(*args).as_text()
+
+
+def test_forward_statistics_unroll_up_to_short_stats_and_gradient_sums_up_to_short_row():
+  """On a CPU: the row max and the sum of exponentials unroll up to rows.SHORT_STATS classes, other
+  row sums up to rows.SHORT_ROW (benchmarks/NOTES.md, thirteenth pass); past those, reductions."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the unrolled forms are chosen for a CPU only")
+  short, longer = (jnp.ones((4, n), jnp.float32) for n in (rows.SHORT_STATS, rows.SHORT_ROW))
+  assert rows.SHORT_STATS < rows.SHORT_ROW
+  assert not _reduces(lambda v: rows.row_max(v, 1), short)
+  assert not _reduces(lambda v: rows.row_sum(v, 1, stats=True), short)
+  assert _reduces(lambda v: rows.row_max(v, 1), longer)
+  assert _reduces(lambda v: rows.row_sum(v, 1, stats=True), longer)
+  assert not _reduces(lambda v: rows.row_sum(v, 1), longer)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_log_softmax_reads_its_short_row_max_once_and_keeps_torch_order(dtype):
+  """The output loop of a short-row log_softmax reads the row max as a vector (rows.max_once)
+  instead of recomputing the unrolled chain per element, and its values are still
+  ``(x - m) - log s`` bit for bit."""
+  from jaxsoftmax._src.family import _log_softmax_xla  # noqa: PLC0415 (the rule itself)
+
+  x = RNG.standard_normal((64, rows.SHORT_STATS)).astype(np.float32) * 8
+  x[3, 1] = np.nan
+  x[4, :] = -np.inf
+  x[5, 2] = np.inf
+  x = jnp.asarray(x, dtype)
+  got = jax.jit(lambda v: _log_softmax_xla(v, None, (1,), 1.0, False))(x)
+  xc = x.astype(jnp.float32)
+  m = jnp.max(xc, axis=1, keepdims=True)
+  want = ((xc - m) - jnp.log(jnp.sum(jnp.exp(xc - m), axis=1, keepdims=True))).astype(dtype)
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  if jax.default_backend() == "cpu":
+    hlo = jax.jit(lambda v: _log_softmax_xla(v, None, (1,), 1.0, False)).lower(x).compile()
+    text = hlo.as_text()
+    root = next(line for line in text.splitlines() if line.lstrip().startswith("ROOT")
+                and " fusion(" in line and "ENTRY" not in line)
+    body = text.split("%" + root.split("calls=%")[1].split(",")[0] + " ")[1].split("\n}")[0]
+    assert "maximum(" not in body, body
