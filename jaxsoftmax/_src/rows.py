@@ -117,8 +117,9 @@ def max_once(m, log_sum, x, axes: int | Sequence[int]):
   with the ``log``, which XLA does not duplicate, so the chain runs once in a kernel of its own
   and the output reads two row vectors. Measured at bfloat16 (1024, 10) while 10 classes were
   still unrolled: 0.72-0.88x of jax.nn before, 0.96-1.03x after, in pairs of fresh instances
-  (benchmarks/NOTES.md, thirteenth pass). The value is ``m`` exactly wherever ``log s`` is finite; where it is not, the
-  row's output is NaN or fully masked either way. Longer rows and other platforms: ``m``.
+  (benchmarks/NOTES.md, thirteenth pass). The value is ``m`` exactly wherever ``log s`` is
+  finite; where it is not, the row's output is NaN or fully masked either way. Longer rows and
+  other platforms: ``m``.
   """
   if _axis(x, axes, stats=True) is None:
     return m
