@@ -119,6 +119,34 @@ def _device() -> tuple[str, str]:
   return dev.device_kind, dev.platform
 
 
+#: The instruction-set flags that change what XLA:CPU, YNNPACK and torch run (a host's
+#: ``/proc/cpuinfo`` names, kept in this order where present).
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "asimd",
+             "sve")
+
+
+def _host() -> dict:
+  """The machine a result came from: core count, architecture, CPU model and its vector ISA.
+
+  Two runs on hosts with different vector units are different experiments: at 10 classes the
+  same jaxsoftmax tree measured 0.56-0.63x of its peer on an AVX-512 host where the committed
+  sweep had 1.1-1.9x (benchmarks/NOTES.md, thirteenth pass), and that sweep recorded no model."""
+  model, flags = "", set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+          model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+          flags = set(value.split())
+  except OSError:  # not Linux: the model as platform names it, no flags
+    pass
+  return {"cpus": os.cpu_count(), "machine": platform.machine(),
+          "cpu_model": model or platform.processor(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def _versions() -> dict[str, str]:
   out = {"python": platform.python_version()}
   for pkg in ("jaxsoftmax", "jax", "jaxlib", "flax", "optax", "tokamax", "torch", "numpy"):
@@ -200,6 +228,6 @@ def run(config: Config, progress=None) -> dict:
   return {"device": device, "platform": plat, "torch_device": tdevice, "copy_gbps": copy,
           "defaults_table": True, "versions": _versions(),
           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "host": {"cpus": os.cpu_count(), "machine": platform.machine()}, "rows": rows}
+          "host": _host(), "rows": rows}
 
 

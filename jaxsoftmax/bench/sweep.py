@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .measure import _device, _versions, time_interleaved
+from .measure import _device, _host, _versions, time_interleaved
 from .providers import jax_setup
 
 __all__ = ["SWEEP_OPS", "SWEEP_PEER", "ROWS", "COLS", "LINEAR_ROWS", "LINEAR_COLS", "LINEAR_D",
@@ -99,7 +99,7 @@ def run(ops: Sequence[str], dtypes: Sequence[str], modes: Sequence[str], *,
                      "linear_rows": list(rows or LINEAR_ROWS),
                      "linear_cols": list(cols or LINEAR_COLS), "max_elements": max_elements,
                      "linear_d": LINEAR_D},
-            "versions": _versions(),
+            "host": _host(), "versions": _versions(),
             "timestamp": started}
 
   for op, dtype, shape in plan:

@@ -108,6 +108,8 @@ def test_a_small_run_writes_long_rows_json_and_chart(tmp_path):
   assert path.name == f"cpu-{doc['timestamp'][:10]}.json" and path.with_suffix(".png").exists()
   saved = json.loads(path.read_text())
   assert saved["device"] == "cpu" and saved["copy_gbps"] > 0 and "jax" in saved["versions"]
+  host = saved["host"]  # the machine, so that runs on different vector units are told apart
+  assert host["cpus"] >= 1 and host["machine"] and set(host["isa"]) <= set(bench.measure.ISA_FLAGS)
   ok = [r for r in saved["rows"] if r["status"] == "ok"]
   assert {(r["op"], r["impl"]) for r in ok} >= {
       ("softmax", "jaxsoftmax"), ("softmax", "jax.nn"), ("softmax", "torch"),

@@ -146,6 +146,7 @@ def test_a_sweep_in_fresh_processes_times_each_op_and_dtype_in_its_own_child(tmp
   doc = sweep.run_fresh(["softmax", "nll_loss"], ["float32", "bfloat16"], ["fwd"], rows=[2],
                         cols=[3], budget_s=0.01, partial=parts.append)
   assert doc["complete"] and doc["kind"] == "sweep" and doc["device"]
+  assert doc["host"]["cpus"] >= 1 and isinstance(doc["host"]["isa"], list)
   groups = {(r["op"], r["dtype"]): r["process"] for r in doc["rows"]}
   assert set(groups) == {(op, dt) for op in ("softmax", "nll_loss")
                          for dt in ("float32", "bfloat16")}
