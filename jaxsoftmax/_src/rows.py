@@ -115,9 +115,10 @@ def max_once(m, log_sum, x, axes: int | Sequence[int]):
   element, and XLA:CPU's cost model then splits the loop over both threads; waking the second
   thread costs more than the loop. Returned as ``m + 0 * log s``, the max shares its consumer
   with the ``log``, which XLA does not duplicate, so the chain runs once in a kernel of its own
-  and the output reads two row vectors. Measured at bfloat16 (1024, 10) while 10 classes were
-  still unrolled: 0.72-0.88x of jax.nn before, 0.96-1.03x after, in pairs of fresh instances
-  (benchmarks/NOTES.md, thirteenth pass). The value is ``m`` exactly wherever ``log s`` is
+  and the output reads two row vectors. Measured at bfloat16 while 10 classes were still
+  unrolled, median of four pairs with jax.nn in fresh instances: (1024, 10) 0.77x -> 0.89x,
+  (4096, 10) 0.79x -> 0.89x, (65536, 10) 0.94x -> 1.11x (benchmarks/NOTES.md, thirteenth
+  pass); not timed apart at the 8 classes and fewer where it now acts. The value is ``m`` exactly wherever ``log s`` is
   finite; where it is not, the row's output is NaN or fully masked either way. Longer rows and
   other platforms: ``m``.
   """
