@@ -118,9 +118,9 @@ def max_once(m, log_sum, x, axes: int | Sequence[int]):
   and the output reads two row vectors. Measured at bfloat16 while 10 classes were still
   unrolled, median of four pairs with jax.nn in fresh instances: (1024, 10) 0.77x -> 0.89x,
   (4096, 10) 0.79x -> 0.89x, (65536, 10) 0.94x -> 1.11x (benchmarks/NOTES.md, thirteenth
-  pass); not timed apart at the 8 classes and fewer where it now acts. The value is ``m`` exactly wherever ``log s`` is
-  finite; where it is not, the row's output is NaN or fully masked either way. Longer rows and
-  other platforms: ``m``.
+  pass); not timed apart at the 8 classes and fewer where it now acts. The value is ``m``
+  exactly wherever ``log s`` is finite; where it is not, the row's output is NaN or fully masked
+  either way. Longer rows and other platforms: ``m``.
   """
   if _axis(x, axes, stats=True) is None:
     return m
