@@ -130,7 +130,7 @@ def _host() -> dict:
 
   Two runs on hosts with different vector units are different experiments: at 10 classes the
   same jaxsoftmax tree measured 0.56-0.63x of its peer on an AVX-512 host where the committed
-  sweep had 1.1-1.9x (benchmarks/NOTES.md, thirteenth pass), and that sweep recorded no model."""
+  sweep had 1.08-1.41x (benchmarks/NOTES.md, thirteenth pass), and that sweep recorded no model."""
   model, flags = "", set()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
