@@ -30,10 +30,11 @@ SHORT_ROW = 10
 
 #: The longest row whose forward statistics (the row max, the sum of exponentials) are unrolled on
 #: a CPU. On the AVX-512 host of 2026-11-27 (benchmarks/NOTES.md, thirteenth pass) the forwards of
-#: softmax, log_softmax and cross_entropy at 10 classes ran 0.59-0.87x of jax.nn / optax
-#: unrolled (float32; bfloat16 0.76-1.08) and 1.00x with ``jnp.max`` / ``jnp.sum``, the peer's
-#: own kernels; at 4 and 8 classes unrolled ran 1.0-3.6x of the peer (float32 forwards alone
-#: 0.86-1.63 at 8) against 1.00x plain. Backward sums keep :data:`SHORT_ROW`.
+#: softmax, log_softmax and cross_entropy at 10 classes ran 0.59-0.77x of jax.nn / optax
+#: unrolled (float32; bfloat16 0.76-1.08) and 0.95-1.02x with ``jnp.max`` / ``jnp.sum``, the
+#: peer's own kernels. Unrolled, fwd and fwd+bwd ran 1.25-4.01x of the peer at 4 classes and
+#: 0.86-2.33x at 8, where only log_softmax's float32 forward (0.98, 0.86) was under 1.
+#: Backward sums keep :data:`SHORT_ROW`.
 SHORT_STATS = 8
 
 
