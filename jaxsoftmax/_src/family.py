@@ -42,8 +42,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
-from jaxsoftmax._src.rows import (GPU_APART_FROM, max_once, rebuilt_apart, row_max, row_max_of,
-                                 row_sum)
+from jaxsoftmax._src.rows import (CPU_LOOP_BELOW_ROWS, GPU_APART_FROM, max_once, rebuilt_apart,
+                                 rebuilt_output_loop, round_once, row_max, row_max_of, row_sum)
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -73,15 +73,15 @@ def _keep(where, v, fill=0.0):
   return v if where is None else jnp.where(where, v, fill)
 
 
-def _input_grad(dx, where, temperature, negate, dtype):
+def _input_grad(dx, where, temperature, negate, dtype, own_loop=False):
   """Shared tail of both backward rules: masked entries get 0, then the 1/T of x / T (and the
-  sign of softmin's -x)."""
+  sign of softmin's -x), rounded into ``dtype`` (``own_loop``: rows.round_once)."""
   dx = _keep(where, dx)
   if temperature != 1.0:
     dx = dx / temperature
   if negate:
     dx = -dx
-  return dx.astype(dtype), None  # None: the mask receives no cotangent
+  return round_once(dx, dtype, own_loop=own_loop), None  # None: the mask receives no cotangent
 
 
 # XLA backend: softmax keeps its output ``y``, log_softmax the exponentials and their row sums
@@ -102,7 +102,7 @@ def _exps(x, where, temperature, negate, m):
 
 #: softmax's rebuilt residual is fenced off (_apart) on a CPU below this many rows, on a GPU from
 #: rows.GPU_APART_FROM classes; log_softmax's (_log_apart) on a CUDA GPU below that many.
-CPU_APART_BELOW_ROWS = 4096
+CPU_APART_BELOW_ROWS = CPU_LOOP_BELOW_ROWS
 
 
 def _apart(kept, axes):
@@ -198,12 +198,14 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
 
 def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
   (e, m), s, where = res
+  own_loop = False
   if m is not None:  # a large 16-bit x: e = exp(x - m) again, in float32
     e, m, s = _log_apart((e, m, s), where, axes, temperature, negate)
     e = _exps(e, where, temperature, negate, m)
+    own_loop = rebuilt_output_loop(e, axes)
   gc = _keep(where, g.astype(e.dtype))
   dx = gc + e * (-row_sum(gc, axes) / s)
-  return _input_grad(dx, where, temperature, negate, g.dtype)
+  return _input_grad(dx, where, temperature, negate, g.dtype, own_loop)
 
 
 _log_softmax_xla.defvjp(_log_softmax_xla_fwd, _log_softmax_xla_bwd)

@@ -40,7 +40,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
-from jaxsoftmax._src.rows import rebuilt_apart, row_max_of, row_sum
+from jaxsoftmax._src.rows import (rebuilt_apart, rebuilt_output_loop, round_once, row_max_of,
+                                 row_sum)
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
@@ -333,7 +334,9 @@ def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
   m, total = (lax.slice_in_dim(stats, i, i + 1, axis=axis) for i in (0, 1))
   lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)  # as the forward formed it
   g, g_lse = xent.dense(g[0]), xent.given(g[1][0])
+  own_loop = False
   if checks.compute_dtype(e.dtype) != e.dtype:  # a large 16-bit x stands in for e
+    own_loop = rebuilt_output_loop(e, axis)
     # On a CUDA GPU, where a row fits one fusion, the row statistics are rebuilt from a fenced x,
     # so that the forward's sum is not shared: the HLO of bfloat16 (4096, 8192) showed it in a
     # kernel of its own, one more read of x, 0.88x of optax (the log_softmax case measured in
@@ -366,7 +369,7 @@ def _ce_probs_bwd(axis, label_smoothing, reduction, z_loss, res, g):
     if weight is not None:
       others = tuple(i for i in range(x.ndim) if i != axis)
       dweight = jnp.sum(row_g * t * neg_lsm, axis=others).astype(weight.dtype)
-  return dx.astype(g.dtype), dtargets, dweight
+  return round_once(dx, g.dtype, own_loop=own_loop), dtargets, dweight
 
 
 xent.defvjp(_ce_probs, _ce_probs_fwd, _ce_probs_bwd, perturbed=True)

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["GPU_APART_FROM", "LONG_ROW", "SHORT_ROW", "SHORT_STATS", "max_once", "rebuilt_apart",
-           "row_max", "row_max_of", "row_sum", "total_sum"]
+__all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "SHORT_ROW", "SHORT_STATS",
+           "max_once", "rebuilt_apart", "rebuilt_output_loop", "round_once", "row_max",
+           "row_max_of", "row_sum", "total_sum"]
 
 #: The longest row (in classes) whose sums of gradient terms are unrolled on a CPU. Measured:
 #: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
@@ -198,3 +199,49 @@ def rebuilt_apart(kept, classes: int, rebuild):
 
   return lax.platform_dependent(*kept, cuda=fenced if classes < GPU_APART_FROM else plain,
                                 default=plain)
+
+
+#: Below this many rows XLA:CPU (jax 0.10) runs a rebuilt 16-bit backward's output (its ``exp``
+#: and rounding) as a loop fusion of its own, after a YNNPACK row sum; from here on it fuses the
+#: sum and the output into one YNNPACK fusion. Measured at 1024 classes: (4095, 1024) is a loop,
+#: (4096, 1024) one fusion (``tests/core/test_rows.py`` checks both). The same boundary decides
+#: where XLA merges softmax's rebuilt ``y`` with the forward's (family.CPU_APART_BELOW_ROWS).
+CPU_LOOP_BELOW_ROWS = 4096
+
+
+def rebuilt_output_loop(e, axes: int | Sequence[int]) -> bool:
+  """Whether a rebuilt backward's output (``e``, of the input's shape) is a loop fusion of its own
+  on a CPU, for :func:`round_once`: one class axis, the last, and fewer rows than
+  :data:`CPU_LOOP_BELOW_ROWS`. Other layouts are unmeasured and keep XLA's own rounding."""
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  return (len(axes) == 1 and axes[0] % e.ndim == e.ndim - 1 and e.shape[-1] > 0
+          and e.size // e.shape[-1] < CPU_LOOP_BELOW_ROWS)
+
+
+def _bfloat16_bits(y):
+  """float32 ``y`` rounded to bfloat16 to nearest even by integer arithmetic on its bits: the
+  result of ``y.astype(bfloat16)`` bit for bit (a NaN keeps its sign and becomes XLA's quiet NaN).
+  """
+  b = lax.bitcast_convert_type(y, jnp.uint32)
+  nearest = b + (jnp.uint32(0x7FFF) + ((b >> 16) & jnp.uint32(1)))
+  quiet_nan = (b & jnp.uint32(0xFF800000)) | jnp.uint32(0x400000)
+  b = jnp.where(jnp.isnan(y), quiet_nan, nearest)
+  return lax.bitcast_convert_type((b >> 16).astype(jnp.uint16), jnp.bfloat16)
+
+
+def round_once(y, dtype, *, own_loop: bool):
+  """``y.astype(dtype)``: a float32 result rounded once into its output dtype.
+
+  ``own_loop``: the caller knows that on a CPU the rounding lands in an XLA loop fusion, not a
+  YNNPACK one. There, into bfloat16, the rounding is written as integer operations on the bits,
+  with the same result. XLA:CPU's own conversion makes LLVM vectorise such a loop 8 wide; the
+  integer form, 16 wide (AVX-512 host of 2026-11-27, jax 0.10.2: ``exp`` and rounding of
+  (64, 32768) 1.1 ms -> 0.8 ms; cross_entropy's bfloat16 backward 2x faster;
+  benchmarks/NOTES.md, fourteenth pass). Inside a YNNPACK fusion the integer operations are not
+  taken, and split it in two (2x slower), so callers pass ``own_loop=False`` wherever XLA may
+  form one. Other platforms, dtypes and ``own_loop=False``: ``astype``.
+  """
+  dtype = jnp.dtype(dtype)
+  if not own_loop or dtype != jnp.bfloat16 or y.dtype != jnp.float32:
+    return y.astype(dtype)
+  return lax.platform_dependent(y, cpu=_bfloat16_bits, default=lambda v: v.astype(dtype))

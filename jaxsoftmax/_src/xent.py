@@ -89,7 +89,9 @@ def add_at_labels(dense, labels, values, num_classes, axis, dtype=None):
   shape[axis] = num_classes
   classes = lax.broadcasted_iota(jnp.int32, shape, axis)
   hit = classes == jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32), axis)
-  return (dense + jnp.where(hit, jnp.expand_dims(values, axis), 0.0)).astype(dtype)
+  # The select keeps this loop out of YNNPACK: its rounding is rows.round_once's own loop.
+  return rows.round_once(dense + jnp.where(hit, jnp.expand_dims(values, axis), 0.0), dtype,
+                         own_loop=num_classes > rows.SHORT_ROW)
 
 
 def scatter_add(base, labels, values, num_classes, axis):
