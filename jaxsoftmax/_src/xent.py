@@ -89,9 +89,11 @@ def add_at_labels(dense, labels, values, num_classes, axis, dtype=None):
   shape[axis] = num_classes
   classes = lax.broadcasted_iota(jnp.int32, shape, axis)
   hit = classes == jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32), axis)
-  # The select keeps this loop out of YNNPACK: its rounding is rows.round_once's own loop.
+  # The select keeps this loop out of YNNPACK: its rounding is rows.round_once's own loop, where
+  # the rows are long enough and the loop large enough (rows.ROUND_BITS_FROM) to gain from it.
   return rows.round_once(dense + jnp.where(hit, jnp.expand_dims(values, axis), 0.0), dtype,
-                         own_loop=num_classes > rows.SHORT_ROW)
+                         own_loop=num_classes > rows.SHORT_ROW
+                         and dense.size >= rows.ROUND_BITS_FROM)
 
 
 def scatter_add(base, labels, values, num_classes, axis):

@@ -77,7 +77,8 @@ def _backward_hlo(f, x, g):
 def test_integer_rounding_only_in_loops_of_its_own():
   """The bfloat16 backwards round by integer operations (rows.round_once) only where XLA:CPU
   runs the rounding in a loop fusion of its own: cross_entropy's label select above
-  rows.SHORT_ROW classes, and a rebuilt backward below rows.CPU_LOOP_BELOW_ROWS rows. At that
+  rows.SHORT_ROW classes from rows.ROUND_BITS_FROM elements, and a rebuilt backward below
+  rows.CPU_LOOP_BELOW_ROWS rows. At that
   many rows XLA makes the rebuilt backward one YNNPACK fusion, which the integer operations would
   split. Fails when a new XLA moves the boundary: then re-measure (benchmarks/NOTES.md,
   fourteenth pass)."""
@@ -89,8 +90,9 @@ def test_integer_rounding_only_in_loops_of_its_own():
     return _backward_hlo(lambda v: jaxsoftmax.cross_entropy(v, labels), x,
                          jnp.ones((), jnp.bfloat16))
 
-  assert "bitcast-convert" in ce(64, 1024)
-  assert "bitcast-convert" not in ce(64, rows.SHORT_ROW)
+  assert "bitcast-convert" in ce(rows.ROUND_BITS_FROM // 1024, 1024)
+  assert "bitcast-convert" not in ce(rows.ROUND_BITS_FROM // 1024 - 1, 1024)  # too small
+  assert "bitcast-convert" not in ce(2 * rows.ROUND_BITS_FROM, rows.SHORT_ROW)  # rows too short
   below, at = rows.CPU_LOOP_BELOW_ROWS - 1, rows.CPU_LOOP_BELOW_ROWS
 
   def root(text):
