@@ -30,9 +30,10 @@ def test_row_max_of_a_narrow_input_is_the_max_of_its_upcast(dtype, num_classes):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("axis", [0, 1])
-@pytest.mark.parametrize("num_classes", [7, 13])  # up to rows.SHORT_ROW, and above: own_loop
+@pytest.mark.parametrize("num_classes", [7, 1024])  # up to rows.SHORT_ROW; above: own_loop
 def test_adding_at_the_labels_is_a_scatter_then_one_rounding(dtype, axis, num_classes):
-  dense = RNG.standard_normal((num_classes, 6) if axis == 0 else (6, num_classes)) * 1e3
+  n = 6 if num_classes <= rows.SHORT_ROW else rows.ROUND_BITS_FROM // num_classes
+  dense = RNG.standard_normal((num_classes, n) if axis == 0 else (n, num_classes)) * 1e3
   dense[1, 1], dense[2, 2], dense[3, 3] = np.nan, np.inf, -np.inf
   dense = jnp.asarray(dense, jnp.float32)
   labels = jnp.asarray(RNG.integers(0, num_classes, dense.shape[1 - axis]))
