@@ -412,9 +412,14 @@ def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_class
 # conversion per element; XLA:CPU's cost model splits such a loop over both cores from a few
 # thousand elements (8192 at (4096, 2), not at (64, 128)), and below about 128K the second thread's
 # wake-up costs more than the loop (bwd (1024, 10): 0.12 ms against the scatter's 0.06 ms;
-# (64, 1024), (4096, 2), (4096, 10): 0.5-0.75x of the jax.numpy peer). In that band the scatter is
-# kept; above it the select wins 1.3-7x, below it 1.1-1.5x.
+# (64, 1024), (4096, 2), (4096, 10): 0.5-0.75x of the jax.numpy peer). In that band the gradient
+# is a scatter; above it the select wins 1.3-7x, below it 1.1-1.5x.
 _SCATTER_BAND = (2**12, 2**17)
+# In that band, below this many examples the scatter writes 16-bit patterns (xent.one_per_row):
+# its per-example rounding is a loop of its own, which XLA:CPU's cost model splits over both cores
+# from about 2900 examples (2 classes, jax 0.10.2), and then the wake-up costs more than the
+# float32 scatter and conversion it saves (bwd (4096, 2): 0.84x of jax.numpy against 1.09x).
+_BITS_BELOW_ROWS = 2048
 
 
 def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
@@ -430,10 +435,14 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
                     0.0)
   # In bfloat16/float16 a one-hot select rounding once, not float32 zeros, a scatter and a convert
   # (xent.add_at_labels; the same values: each entry is one term rounded once), except at the
-  # sizes in _SCATTER_BAND (module constant says why), where the scatter is kept.
+  # sizes in _SCATTER_BAND (module constant says why), where it is a scatter: of 16-bit patterns
+  # (xent.one_per_row) below _BITS_BELOW_ROWS examples, of float32 values and a conversion above.
   zeros = jnp.zeros(shape, ct)
   if jnp.dtype(dtype) != ct and _SCATTER_BAND[0] <= zeros.size < _SCATTER_BAND[1]:
-    dlog_probs = xent.scatter_add(zeros, labels, -w_y * row_g, num_classes, axis).astype(dtype)
+    if labels.size < _BITS_BELOW_ROWS:
+      dlog_probs = xent.one_per_row(shape, labels, -w_y * row_g, num_classes, axis, dtype)
+    else:
+      dlog_probs = xent.scatter_add(zeros, labels, -w_y * row_g, num_classes, axis).astype(dtype)
   else:
     dlog_probs = xent.add_at_labels(zeros, labels, -w_y * row_g, num_classes, axis, dtype)
   dweight = None

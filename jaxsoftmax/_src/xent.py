@@ -39,9 +39,9 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from jaxsoftmax._src import rows
 
-__all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "per_class", "label_weights",
-           "denominator", "total_weight", "reduce", "row_cotangent", "neg_log_softmax",
-           "weight_along", "smoothing_coefficients", "losses_from_stats",
+__all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "one_per_row", "per_class",
+           "label_weights", "denominator", "total_weight", "reduce", "row_cotangent",
+           "neg_log_softmax", "weight_along", "smoothing_coefficients", "losses_from_stats",
            "finish_class_weight_grad", "Outputs", "LossAux", "z_rows", "reduce_with_z",
            "lse_coefficient", "lse_terms", "given", "dense", "absent", "present", "defvjp",
            "softcap"]
@@ -105,6 +105,28 @@ def scatter_add(base, labels, values, num_classes, axis):
   """
   index = at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
   return base.at[index].add(values, mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+def one_per_row(shape, labels, values, num_classes, axis, dtype):
+  """Zeros of ``shape`` in the 16-bit ``dtype`` with ``values`` at each example's label (clipped
+  as in :func:`scatter_add`), each rounded once: ``scatter_add`` into float32 zeros and
+  ``astype``, bit for bit (``-0.0`` lands as ``+0.0``, as it does added to a zero).
+
+  The entries are written as their 16-bit patterns into ``uint16`` zeros. A float scatter in
+  bfloat16 is done by XLA:CPU in float32 with a conversion per element of the whole array; of one
+  row it becomes a scalar loop that rounds each of its zeros (nll_loss's backward of (1, 32768):
+  48 us against 24 us for the jax.numpy idiom's loop of constants; benchmarks/NOTES.md, fifteenth
+  pass). The integer loop stores constants.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype.itemsize != 2 or not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"one_per_row: dtype must be a 16-bit float; got {dtype}.")
+  values = jnp.where(values == 0, 0.0, values).astype(dtype)  # -0.0 + 0.0 is +0.0
+  index = at_labels(jnp.clip(labels, 0, num_classes - 1), axis)
+  bits = jnp.zeros(shape, jnp.uint16).at[index].set(
+      lax.bitcast_convert_type(values, jnp.uint16), mode="promise_in_bounds",
+      wrap_negative_indices=False)
+  return lax.bitcast_convert_type(bits, dtype)
 
 
 def per_class(labels, values, num_classes):
