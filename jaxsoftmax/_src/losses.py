@@ -308,7 +308,7 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
     wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
   losses = jnp.squeeze(row_sum(wt * xent.neg_log_softmax(xc, m, total), axis,
-                               into_reduction=True), axis)
+                               into_reduction=True, stats=True), axis)
   n_rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
   lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)
   z = xent.z_rows(lse, jnp.ones(lse.shape, bool), z_loss)

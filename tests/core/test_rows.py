@@ -196,6 +196,15 @@ def test_forward_statistics_unroll_up_to_short_stats_and_gradient_sums_up_to_sho
   assert _reduces(lambda v: rows.row_max(v, 1), longer)
   assert _reduces(lambda v: rows.row_sum(v, 1, stats=True), longer)
   assert not _reduces(lambda v: rows.row_sum(v, 1), longer)
+  # A loss's forward sum into the batch sum is a forward statistic too: soft-target cross_entropy
+  # at rows.SHORT_ROW classes sums with the peer's own reduction (fifteenth pass), and a dot
+  # (rows.row_sum's into_reduction form) only up to rows.SHORT_STATS.
+  import jaxsoftmax  # noqa: PLC0415
+
+  def dots(x):
+    return "stablehlo.dot_general" in jax.jit(jaxsoftmax.cross_entropy).lower(x, x).as_text()
+
+  assert dots(short) and not dots(longer)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
