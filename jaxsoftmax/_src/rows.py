@@ -32,11 +32,11 @@ __all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "ROUND_BITS_FROM
 #: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
 SHORT_ROW = 10
 
-#: The longest row whose forward statistics (the row max, the sum of exponentials, a loss's row
-#: sum) are unrolled on a CPU. On the AVX-512 host of 2026-11-27 (benchmarks/NOTES.md, thirteenth
-#: pass) the forwards of softmax, log_softmax and cross_entropy at 10 classes ran 0.59-0.77x of
-#: jax.nn / optax unrolled (float32; bfloat16 0.76-1.08) and 0.95-1.02x with ``jnp.max`` /
-#: ``jnp.sum``, the peer's own kernels. Unrolled, fwd and fwd+bwd ran 1.25-4.01x of the peer at 4 classes and
+#: The longest row whose forward statistics (the row max, the sum of exponentials, a loss's row sum)
+#: are unrolled on a CPU. On the AVX-512 host of 2026-11-27 (benchmarks/NOTES.md, thirteenth pass)
+#: the forwards of softmax, log_softmax and cross_entropy at 10 classes ran 0.59-0.77x of jax.nn /
+#: optax unrolled (float32; bfloat16 0.76-1.08) and 0.95-1.02x with ``jnp.max`` / ``jnp.sum``, the
+#: peer's own kernels. Unrolled, fwd and fwd+bwd ran 1.25-4.01x of the peer at 4 classes and
 #: 0.86-2.33x at 8, where only log_softmax's float32 forward (0.98, 0.86) was under 1.
 #: Backward sums keep :data:`SHORT_ROW`.
 SHORT_STATS = 8
