@@ -116,7 +116,8 @@ def one_per_row(shape, labels, values, num_classes, axis, dtype):
   bfloat16 is done by XLA:CPU in float32 with a conversion per element of the whole array; of one
   row it becomes a scalar loop that rounds each of its zeros (nll_loss's backward of (1, 32768):
   48 us against 24 us for the jax.numpy idiom's loop of constants; benchmarks/NOTES.md, fifteenth
-  pass). The integer loop stores constants.
+  pass). Into ``uint16`` zeros only the label's entry is rounded (once per example, before the
+  scatter), and the loop stores zeros elsewhere.
   """
   dtype = jnp.dtype(dtype)
   if dtype.itemsize != 2 or not jnp.issubdtype(dtype, jnp.floating):

@@ -417,8 +417,9 @@ def test_gradients_hold_whichever_inputs_were_differentiated_before(loss):
 @pytest.mark.parametrize("rows", [1023, 1024, 32767, 32768])  # 4 classes: both edges of the band
 @pytest.mark.parametrize("weighted", [False, True])
 def test_nll_loss_half_gradient_is_the_same_by_select_and_by_scatter(rows, weighted):
-  # Around losses._SCATTER_BAND the 16-bit gradient switches between a one-hot select and a
-  # float32 scatter plus a conversion: the same entries, each one term rounded once to bfloat16.
+  # Around losses._SCATTER_BAND the 16-bit gradient switches between a one-hot select (1023,
+  # 32768 rows), a scatter of 16-bit patterns (1024: below losses._BITS_BELOW_ROWS) and a float32
+  # scatter plus a conversion (32767): the same entries, each one term rounded once to bfloat16.
   rng = np.random.default_rng(rows)
   x = jnp.asarray(rng.standard_normal((rows, 4)), jnp.bfloat16)
   labels = jnp.asarray(rng.integers(-1, 4, rows))  # -1: ignored

@@ -100,9 +100,8 @@ def test_integer_rounding_only_in_loops_of_its_own():
   """The bfloat16 backwards round by integer operations (rows.round_once) only where XLA:CPU
   runs the rounding in a loop fusion of its own: cross_entropy's label select above
   rows.SHORT_ROW classes from rows.ROUND_BITS_FROM elements, and a rebuilt backward below
-  rows.CPU_LOOP_BELOW_ROWS rows. At that
-  many rows XLA makes the rebuilt backward one YNNPACK fusion, which the integer operations would
-  split. Fails when a new XLA moves the boundary: then re-measure (benchmarks/NOTES.md,
+  rows.CPU_LOOP_BELOW_ROWS rows. At that many rows XLA makes the rebuilt backward one YNNPACK
+  fusion, which the integer operations would split. Fails when a new XLA moves the boundary: then re-measure (benchmarks/NOTES.md,
   fourteenth pass)."""
   import jaxsoftmax  # noqa: PLC0415
 
@@ -149,18 +148,18 @@ def test_nll_loss_16_bit_patterns_only_where_their_loop_is_on_one_core(monkeypat
   import jaxsoftmax  # noqa: PLC0415
   from jaxsoftmax._src import losses  # noqa: PLC0415
 
-  def hlo(n, c=4, weighted=False):
-    labels = jnp.asarray(RNG.integers(-1, c, n), jnp.int32)
-    weight = jnp.linspace(0.5, 2.0, c).astype(jnp.bfloat16) if weighted else None
+  def hlo(n, weighted):  # 4 classes
+    labels = jnp.asarray(RNG.integers(-1, 4, n), jnp.int32)
+    weight = jnp.linspace(0.5, 2.0, 4).astype(jnp.bfloat16) if weighted else None
     return _backward_hlo(lambda v: jaxsoftmax.nll_loss(v, labels, weight=weight, ignore_index=-1),
-                         jnp.zeros((n, c), jnp.bfloat16), jnp.ones((), jnp.bfloat16))
+                         jnp.zeros((n, 4), jnp.bfloat16), jnp.ones((), jnp.bfloat16))
 
   below = losses._BITS_BELOW_ROWS - 1
   assert below * 4 >= losses._SCATTER_BAND[0]
   for weighted in (False, True):
-    text = hlo(below, weighted=weighted)
+    text = hlo(below, weighted)
     assert "u16[" in text and "outer_dimension_partitions" not in text, text
-    assert "u16[" not in hlo(losses._BITS_BELOW_ROWS, weighted=weighted)
+    assert "u16[" not in hlo(losses._BITS_BELOW_ROWS, weighted)
   # The bound's reason: the same backward at 4096 examples runs its rounding on both cores
   # (traced afresh through losses._nll_bwd, so no cached trace holds the bound read before).
   monkeypatch.setattr(losses, "_BITS_BELOW_ROWS", 2**30)
