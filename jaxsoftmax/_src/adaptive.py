@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsoftmax._src import checks, family
+from jaxsoftmax._src import checks, family, xent
 from jaxsoftmax._src.errors import ArgumentError
 
 __all__ = ["check_cutoffs", "log_prob", "log_prob_of_targets", "TargetError", "ASMOutput",
@@ -97,7 +97,7 @@ def log_prob_of_targets(x, target, head_kernel, head_bias, tails, cutoffs):
     inside = cluster == i + 1
     local = jnp.clip(target - cutoffs[i], 0, part.shape[1] - 1)
     out = out + jnp.where(inside, part[rows, local], 0.0)
-  in_range = (target >= 0) & (target < cutoffs[-1])
+  in_range = xent.in_range(target, cutoffs[-1])
   return jnp.where(in_range, out, jnp.nan).astype(x.dtype)
 
 

@@ -42,8 +42,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels
-from jaxsoftmax._src.rows import (CPU_LOOP_BELOW_ROWS, GPU_APART_FROM, max_once, rebuilt_apart,
-                                 rebuilt_output_loop, round_once, row_max, row_max_of, row_sum)
+from jaxsoftmax._src.rows import (CPU_LOOP_BELOW_ROWS, GPU_APART_FROM, TINY, max_once,
+                                 rebuilt_apart, rebuilt_output_loop, round_once, row_max,
+                                 row_max_of, row_sum)
 from jaxsoftmax._src.errors import ArgumentError
 from jaxsoftmax._src.kernels.online import NEG_INF
 from jaxsoftmax._src.kernels.reference import scaled
@@ -180,7 +181,9 @@ def _log_softmax_xla_fwd(x, where, axes, temperature, negate):
   m = _max(x, xc, axes, where, temperature, negate)
   shifted = xc - m
   e = _keep(where, jnp.exp(shifted))
-  s = row_sum(e, axes, stats=True)
+  # The sum feeds the forward's log and the backward's division. Unrolled, XLA copies it into both;
+  # for a tiny input that copy is what counts (rows.TINY), and XLA's reduction is computed once.
+  s = jnp.sum(e, axis=axes, keepdims=True) if x.size <= TINY else row_sum(e, axes, stats=True)
   log_s = jnp.log(s)
   y = _keep(where, (xc - max_once(m, log_s, xc, axes)) - log_s, NEG_INF)
   # Residual: the exponentials e = exp(x - m) and their row sums s, so the backward is
@@ -204,7 +207,8 @@ def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
     e = _exps(e, where, temperature, negate, m)
     own_loop = rebuilt_output_loop(e, axes)
   gc = _keep(where, g.astype(e.dtype))
-  dx = gc + e * (-row_sum(gc, axes) / s)
+  # gc - e * (sum / s): the same bits as gc + e * (-sum / s), one negation per row fewer.
+  dx = gc - e * (row_sum(gc, axes) / s)
   return _input_grad(dx, where, temperature, negate, g.dtype, own_loop)
 
 

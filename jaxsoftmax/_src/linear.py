@@ -438,7 +438,7 @@ def _sharded_chunk_step(z, labels, kept, valid, row_g, weight, eps, axes, given,
     big, total, _ = collectives.combine_max_sum(stats[:, 0], stats[:, 1])
     argmax = collectives.combine_argmax(stats[:, 0], stats[:, -1], big) if want_argmax else None
     log_s = jnp.log(total)
-    in_range = (labels >= 0) & (labels < num_classes)
+    in_range = xent.in_range(labels, num_classes)
     w_y = jnp.where(kept, jnp.where(in_range, jnp.sum(stats[:, 3], 0), jnp.nan), 0.0)
     w_y = jnp.where(valid, w_y, 0.0)
     smooth, total_w = None, jnp.full(m.shape, float(num_classes), z.dtype)

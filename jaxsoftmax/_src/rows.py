@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "ROUND_BITS_FROM", "SHORT_ROW",
-           "SHORT_STATS", "max_once", "rebuilt_apart", "rebuilt_output_loop", "round_once",
-           "row_max", "row_max_of", "row_sum", "total_sum"]
+           "SHORT_STATS", "TINY", "max_once", "rebuilt_apart", "rebuilt_output_loop",
+           "round_once", "row_max", "row_max_of", "row_sum", "total_sum"]
 
 #: The longest row (in classes) whose sums of gradient terms are unrolled on a CPU. Measured:
 #: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
@@ -112,6 +112,16 @@ def row_max_of(x, dtype, axes: int | Sequence[int], where=None, *, unroll: bool 
   return row_max(x, axes, where, unroll=unroll).astype(dtype)
 
 
+#: An input of at most this many elements is tiny: its whole program is a few hundred flops, and
+#: XLA:CPU's PjRt client runs a program on the caller's thread only when HloCostAnalysis counts
+#: fewer than 1000 flops in it; above, the call waits on a thread-pool handoff (about 10 us of a
+#: 20 us call). There, what the short-row forms add in flops costs more than they save in time:
+#: :func:`max_once`'s tie, and a sum that XLA copies into two consumers. log_softmax float32
+#: fwd+bwd (64, 2): 1152 flops (0.82-0.91x of jax.nn), 960 without both (1.00-1.02x), as jax.nn's
+#: (benchmarks/NOTES.md, fifteenth and sixteenth passes).
+TINY = 256
+
+
 def max_once(m, log_sum, x, axes: int | Sequence[int]):
   """``m`` again, in value, but read by log_softmax's output loop as a row vector.
 
@@ -125,9 +135,10 @@ def max_once(m, log_sum, x, axes: int | Sequence[int]):
   (4096, 10) 0.79x -> 0.89x, (65536, 10) 0.94x -> 1.11x (benchmarks/NOTES.md, thirteenth
   pass); not timed apart at the 8 classes and fewer where it now acts. The value is ``m``
   exactly wherever ``log s`` is finite; where it is not, the row's output is NaN or fully masked
-  either way. Longer rows and other platforms: ``m``.
+  either way. Longer rows, :data:`TINY` inputs (whose output loop XLA never splits) and other
+  platforms: ``m``.
   """
-  if _axis(x, axes, stats=True) is None:
+  if _axis(x, axes, stats=True) is None or x.size <= TINY:
     return m
   return lax.platform_dependent(m, log_sum, cpu=lambda m, ls: m + 0.0 * ls,
                                 default=lambda m, ls: m)

@@ -40,7 +40,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxsoftmax._src import rows
 
 __all__ = ["at_labels", "gather", "add_at_labels", "scatter_add", "one_per_row", "per_class",
-           "label_weights", "denominator", "total_weight", "reduce", "row_cotangent",
+           "in_range", "label_weights", "denominator", "total_weight", "reduce", "row_cotangent",
            "neg_log_softmax", "weight_along", "smoothing_coefficients", "losses_from_stats",
            "finish_class_weight_grad", "Outputs", "LossAux", "z_rows", "reduce_with_z",
            "lse_coefficient", "lse_terms", "given", "dense", "absent", "present", "defvjp",
@@ -67,9 +67,11 @@ def gather(x, labels, num_classes, axis):
   return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
 
 
-def add_at_labels(dense, labels, values, num_classes, axis, dtype=None):
+def add_at_labels(dense, labels, values, num_classes, axis, dtype=None, *, nan_rows=False):
   """``dense`` plus ``values`` at each example's label, returned in ``dtype`` (``dense``'s own by
-  default). Labels are clipped as in :func:`scatter_add`.
+  default). Labels are clipped as in :func:`scatter_add`, except that ``nan_rows=True`` (the
+  caller's promise that an out-of-range label's row of ``dense`` is NaN already, as
+  cross_entropy's ``e * alpha / s`` is) lets the one-hot select below compare them unclipped.
 
   In ``dense``'s own dtype this is :func:`scatter_add`: one element per example, in place. Into a
   narrower dtype (a bfloat16 gradient formed in float32) a scatter would make XLA:CPU write the
@@ -80,15 +82,24 @@ def add_at_labels(dense, labels, values, num_classes, axis, dtype=None):
   262144: 89 us against 34 us for the product and scatter), except on rows of at most
   :data:`~jaxsoftmax._src.rows.SHORT_ROW` classes, where it fuses into a loop over a few elements
   per row and the scatter is a pass of its own (backward at (65536, 10): 1.5x faster as a select,
-  for cross_entropy and nll_loss alike; at 128 classes the two measured within noise).
+  for cross_entropy and nll_loss alike; at 128 classes the two measured within noise). Of 9 and
+  10 classes, LLVM vectorises the select's loop across rows, with strided element accesses, and it
+  wins only where XLA splits it over threads: cross_entropy's float32 backward at (4096, 10) ran
+  0.86x of optax as a select and 1.04x as a scatter, (16384, 10) 1.07-1.22x against 0.98x, and
+  rows of 2-8 classes 1.2-2.5x as a select against 0.95-1.1x (benchmarks/NOTES.md, sixteenth
+  pass). So there the select is used from :data:`~jaxsoftmax._src.rows.ROUND_BITS_FROM` elements.
   """
   dtype = dense.dtype if dtype is None else jnp.dtype(dtype)
-  if dtype == dense.dtype and num_classes > rows.SHORT_ROW:
+  if dtype == dense.dtype and (
+      num_classes > rows.SHORT_ROW
+      or (num_classes > rows.SHORT_STATS and dense.size < rows.ROUND_BITS_FROM)):
     return scatter_add(dense, labels, values, num_classes, axis)
   shape = [1] * dense.ndim
   shape[axis] = num_classes
   classes = lax.broadcasted_iota(jnp.int32, shape, axis)
-  hit = classes == jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1).astype(jnp.int32), axis)
+  if not nan_rows:
+    labels = jnp.clip(labels, 0, num_classes - 1)
+  hit = classes == jnp.expand_dims(labels.astype(jnp.int32), axis)
   # The select keeps this loop out of YNNPACK: its rounding is rows.round_once's own loop, where
   # the rows are long enough and the loop large enough (rows.ROUND_BITS_FROM) to gain from it.
   return rows.round_once(dense + jnp.where(hit, jnp.expand_dims(values, axis), 0.0), dtype,
@@ -137,16 +148,32 @@ def per_class(labels, values, num_classes):
       values.reshape(-1), mode="promise_in_bounds", wrap_negative_indices=False)
 
 
+def in_range(labels, num_classes: int):
+  """``0 <= labels < num_classes``, as one unsigned comparison for signed labels (a negative label
+  read as unsigned is larger than any class count). XLA fuses this test into every loop that
+  reads it, per element of a gradient where a loop needs it per row, and XLA:CPU runs a program on
+  the caller's thread only under 1000 flops (benchmarks/NOTES.md, fifteenth pass): one comparison
+  instead of three operations."""
+  dt = jnp.dtype(labels.dtype)
+  if not jnp.issubdtype(dt, jnp.integer):
+    return (labels >= 0) & (labels < num_classes)
+  if jnp.issubdtype(dt, jnp.signedinteger):
+    labels = lax.bitcast_convert_type(labels, jnp.dtype(f"uint{8 * dt.itemsize}"))
+  if num_classes > jnp.iinfo(dt).max:  # every label the dtype holds, negatives excepted
+    return labels <= jnp.iinfo(dt).max
+  return labels < num_classes
+
+
 def label_weights(labels, weight, ignore_index, num_classes, dtype):
   """``(w_y, kept)``: each example's weight ``w[y_n]`` (0 where ignored, NaN where the label is out
   of range) and whether it counts."""
   kept = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-  in_range = (labels >= 0) & (labels < num_classes)
   if weight is None:
     w_y = jnp.ones(labels.shape, dtype)
   else:
     w_y = jnp.take(weight.astype(dtype), jnp.clip(labels, 0, max(num_classes - 1, 0)), axis=0)
-  w_y = jnp.where(in_range, w_y, jnp.nan)  # out of range under jit: loud NaN, never a silent 0
+  # Out of range under jit: a loud NaN, never a silent 0.
+  w_y = jnp.where(in_range(labels, num_classes), w_y, jnp.nan)
   return jnp.where(kept, w_y, 0.0), kept
 
 
