@@ -116,9 +116,11 @@ def row_max_of(x, dtype, axes: int | Sequence[int], where=None, *, unroll: bool 
 #: XLA:CPU's PjRt client runs a program on the caller's thread only when HloCostAnalysis counts
 #: fewer than 1000 flops in it; above, the call waits on a thread-pool handoff (about 10 us of a
 #: 20 us call). There, what the short-row forms add in flops costs more than they save in time:
-#: :func:`max_once`'s tie, and a sum that XLA copies into two consumers. log_softmax float32
-#: fwd+bwd (64, 2): 1152 flops (0.82-0.91x of jax.nn), 960 without both (1.00-1.02x), as jax.nn's
-#: (benchmarks/NOTES.md, fifteenth and sixteenth passes).
+#: :func:`max_once`'s tie, a sum that XLA copies into two consumers, and :func:`row_sum`'s dot
+#: (2 flops per element) into a reduction. log_softmax float32 fwd+bwd (64, 2): 1152 flops
+#: (0.82-0.91x of jax.nn), 960 without the first two (1.00-1.02x), as jax.nn's; soft-target
+#: cross_entropy's float32 forward (64, 2): 1024 flops (0.77-0.92x of optax), 832 without the dot
+#: (1.21x) (benchmarks/NOTES.md, fifteenth and sixteenth passes).
 TINY = 256
 
 
@@ -161,7 +163,8 @@ def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats
     return lax.platform_dependent(x, cpu=lambda v: _dot_sum(v, one), default=plain)
   if axis is None:
     return plain(x)
-  short = (lambda v: _dot_sum(v, axis)) if into_reduction else (
+  # The dot counts 2 flops per element, which matters on a TINY input only.
+  short = (lambda v: _dot_sum(v, axis)) if into_reduction and x.size > TINY else (
       lambda v: _unrolled(v, axis, jnp.add))
   return lax.platform_dependent(x, cpu=short, default=plain)
 

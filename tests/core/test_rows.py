@@ -194,8 +194,9 @@ def _flops(f, *args) -> float:
 def test_tiny_programs_count_no_more_flops_than_their_peers():
   """XLA:CPU runs a program on the caller's thread only under 1000 flops (rows.TINY): a tiny
   log_softmax's fwd+bwd counts no more than jax.nn's (1152 against 960 with max_once's tie and the
-  sum copied into both passes), and cross_entropy's float32 backward stays under the line (1346
-  when the label's range test was in both of its loops; benchmarks/NOTES.md, sixteenth pass)."""
+  sum copied into both passes), and cross_entropy's float32 backward (1346 when the label's range
+  test was in both of its loops) and soft-target forward stay under the line (benchmarks/NOTES.md,
+  sixteenth pass)."""
   import jaxsoftmax  # noqa: PLC0415
 
   x = jnp.asarray(RNG.standard_normal((64, 2)), jnp.float32)
@@ -212,6 +213,9 @@ def test_tiny_programs_count_no_more_flops_than_their_peers():
   labels = jnp.asarray(RNG.integers(0, 2, 64), jnp.int32)
   _, vjp = jax.jit(lambda v: jax.vjp(lambda u: jaxsoftmax.cross_entropy(u, labels), v))(x)
   flops = _flops(lambda fn, gg: fn(gg), vjp, jnp.ones((), jnp.float32))
+  assert flops < 1000, flops
+  probs = jax.nn.softmax(x + 1.0)
+  flops = _flops(lambda v, t: jaxsoftmax.cross_entropy(v, t), x, probs)  # 1024 with the dot
   assert flops < 1000, flops
 
 
@@ -260,13 +264,16 @@ def test_forward_statistics_unroll_up_to_short_stats_and_gradient_sums_up_to_sho
   assert not _reduces(lambda v: rows.row_sum(v, 1), longer)
   # A loss's forward sum into the batch sum is a forward statistic too: soft-target cross_entropy
   # at rows.SHORT_ROW classes sums with the peer's own reduction (fifteenth pass), and a dot
-  # (rows.row_sum's into_reduction form) only up to rows.SHORT_STATS.
+  # (rows.row_sum's into_reduction form) only up to rows.SHORT_STATS, and not on a tiny input.
   import jaxsoftmax  # noqa: PLC0415
 
-  def dots(x):
+  def dots(n, c):
+    x = jnp.ones((n, c), jnp.float32)
     return "stablehlo.dot_general" in jax.jit(jaxsoftmax.cross_entropy).lower(x, x).as_text()
 
-  assert dots(short) and not dots(longer)
+  n = rows.TINY // rows.SHORT_STATS + 1
+  assert dots(n, rows.SHORT_STATS) and not dots(n, rows.SHORT_ROW)
+  assert not dots(n - 1, rows.SHORT_STATS)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
