@@ -154,7 +154,9 @@ def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats
   the batch: ``into_reduction=True``), XLA would hand that reduction to YNNPACK, which swallows
   the adds and leaves every column's slice as a kernel of its own (cross_entropy's forward at
   (65536, 10): 3x slower than optax); there the sum is a matrix-vector product with ones, which
-  XLA:CPU runs with its own dot emitter and fuses into nothing.
+  XLA:CPU runs with its own dot emitter and fuses into nothing, except on a :data:`TINY` input,
+  where the dot's 2 flops per element cost more (and the unrolled adds still keep the row sums
+  apart from the batch sum: XLA's plain sum merges the two into one flat reduction).
   """
   axis = _axis(x, axes, stats)
   plain = lambda v: jnp.sum(v, axis=axes, keepdims=True)  # noqa: E731
