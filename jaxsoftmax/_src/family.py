@@ -207,8 +207,14 @@ def _log_softmax_xla_bwd(axes, temperature, negate, res, g):
     e = _exps(e, where, temperature, negate, m)
     own_loop = rebuilt_output_loop(e, axes)
   gc = _keep(where, g.astype(e.dtype))
-  # gc - e * (sum / s): the same bits as gc + e * (-sum / s), one negation per row fewer.
-  dx = gc - e * (row_sum(gc, axes) / s)
+  # gc - e * (sum / s) has the same bits as gc + e * (-sum / s) and one negation per row fewer,
+  # which on a TINY input keeps a fwd+bwd program under XLA:CPU's 1000 flops (1024 -> 960 at
+  # (64, 2)). Not on larger ones: the float32 backward at (4096, 128) and (4096, 1024) ran
+  # 0.82-0.85x of jax.nn that way, 0.99-1.01x this way (benchmarks/NOTES.md, sixteenth pass).
+  if g.size <= TINY:
+    dx = gc - e * (row_sum(gc, axes) / s)
+  else:
+    dx = gc + e * (-row_sum(gc, axes) / s)
   return _input_grad(dx, where, temperature, negate, g.dtype, own_loop)
 
 
