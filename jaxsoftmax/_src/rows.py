@@ -120,7 +120,7 @@ def row_max_of(x, dtype, axes: int | Sequence[int], where=None, *, unroll: bool 
 #: (2 flops per element) into a reduction. log_softmax float32 fwd+bwd (64, 2): 1152 flops
 #: (0.82-0.91x of jax.nn), 960 without the first two (1.00-1.02x), as jax.nn's; soft-target
 #: cross_entropy's float32 forward (64, 2): 1024 flops (0.77-0.92x of optax), 832 without the dot
-#: (1.21x) (benchmarks/NOTES.md, fifteenth and sixteenth passes).
+#: (1.19-1.21x) (benchmarks/NOTES.md, fifteenth and sixteenth passes).
 TINY = 256
 
 

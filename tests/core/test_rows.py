@@ -191,7 +191,7 @@ def _flops(f, *args) -> float:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's inline threshold")
-def test_tiny_programs_count_no_more_flops_than_their_peers():
+def test_tiny_programs_stay_under_xla_cpus_inline_threshold():
   """XLA:CPU runs a program on the caller's thread only under 1000 flops (rows.TINY): a tiny
   log_softmax's fwd+bwd counts no more than jax.nn's (1152 against 960 with max_once's tie and the
   sum copied into both passes), and cross_entropy's float32 backward (1346 when the label's range
