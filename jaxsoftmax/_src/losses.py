@@ -79,13 +79,18 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
   xc = x.astype(ct)
   m = row_max_of(x, ct, axis)
   e = jnp.exp(xc - m)
-  total = row_sum(e, axis, into_reduction=True, stats=True)
+  total = row_sum(e, axis, into_reduction=True, stats=True, narrow=x.dtype != ct)
   w_y, kept = xent.label_weights(labels, weight, opts.ignore_index, num_classes, ct)
   # lsm = (x - m) - log(total), in that order: forming m + log(total) first would round the
   # log-sum-exp at the magnitude of the logits (x = [1e4, 1e4] gave 0.69336, not log 2).
-  lsm_y = (xent.gather(xc, labels, num_classes, axis) - jnp.squeeze(m, axis)) - jnp.squeeze(
-      jnp.log(total), axis)
-  losses = -w_y * lsm_y
+  x_y = xent.gather(xc, labels, num_classes, axis)
+  if weight is None:
+    # w_y is 1 where kept, or NaN for a label out of range: the NaN goes into x_y, in the gather's
+    # loop, and the loss is -lsm_y, the same values with no row-sized w_y array (the bfloat16
+    # forward's temporary memory is then optax's; the dot's row sums took w_y's place).
+    x_y = jnp.where(xent.in_range(labels, num_classes), x_y, jnp.nan)
+  lsm_y = (x_y - jnp.squeeze(m, axis)) - jnp.squeeze(jnp.log(total), axis)
+  losses = -lsm_y if weight is None else -w_y * lsm_y
   if eps > 0.0:
     neg_lsm = xent.neg_log_softmax(xc, m, total)
     if weight is not None:

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "ROUND_BITS_FROM", "SHORT_ROW",
-           "SHORT_STATS", "TINY", "max_once", "rebuilt_apart", "rebuilt_output_loop",
-           "round_once", "row_max", "row_max_of", "row_sum", "total_sum"]
+__all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "NARROW_DOT_FROM",
+           "ROUND_BITS_FROM", "SHORT_ROW", "SHORT_STATS", "TINY", "max_once", "rebuilt_apart",
+           "rebuilt_output_loop", "round_once", "row_max", "row_max_of", "row_sum", "total_sum"]
 
 #: The longest row (in classes) whose sums of gradient terms are unrolled on a CPU. Measured:
 #: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
@@ -64,6 +64,31 @@ def _one_long_row(x, axes) -> int | None:
     return None
   axis = axes[0] % x.ndim
   return axis if x.shape[axis] >= LONG_ROW and x.size == x.shape[axis] else None
+
+
+#: From this many elements a row sum of exponentials of a 16-bit input that feeds a reduction (a
+#: loss's forward) is a dot on a CPU, for rows longer than :data:`SHORT_ROW`. As a sum, XLA:CPU
+#: hands the exponentials, the row sums and the batch sum to one YNNPACK fusion but leaves the
+#: conversion out of it: a pass of its own that writes the whole input again in float32 for the
+#: fusion to read. As a dot, the conversion and the exponentials are one loop that writes the
+#: float32 array and the dot reads it: one pass fewer, and the temporary memory of optax's
+#: program plus one row vector and the dot's column of ones (16.5 KiB over 2 MiB at (4096, 128)).
+#: cross_entropy's bfloat16 forward, optax / jaxsoftmax in rounds of benchmarks/cell_rounds.py,
+#: sum -> dot: (64, 128) 1.00 -> 1.12-1.14, (4096, 128) 0.87-1.01 -> 1.01-1.17, (1024, 1024)
+#: 0.99-1.01 -> 1.28-1.32, (64, 32768) 0.99-1.01 -> 1.34-1.51, (65536, 128) 0.94-1.05 ->
+#: 1.15-1.39, (1024, 32768) 0.90-1.05 -> 1.06-1.10. At 10 classes the dot lost ((65536, 10)
+#: 1.03-1.10 -> 0.73-0.97), so short rows keep their sums; float32 inputs keep theirs too (their
+#: YNNPACK fusion reads the input once; the dot ran 0.63-0.91x of optax). 4096 elements is where
+#: XLA:CPU starts handing reductions to YNNPACK (benchmarks/NOTES.md, seventeenth pass).
+NARROW_DOT_FROM = 4096
+
+
+def _narrow_dot_axis(x, axes) -> int | None:
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  if len(axes) != 1 or x.size < NARROW_DOT_FROM:
+    return None
+  axis = axes[0] % x.ndim
+  return axis if x.shape[axis] > SHORT_ROW else None
 
 
 def _unrolled(x, axis: int, combine):
@@ -146,8 +171,13 @@ def max_once(m, log_sum, x, axes: int | Sequence[int]):
                                 default=lambda m, ls: m)
 
 
-def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats: bool = False):
+def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats: bool = False,
+            narrow: bool = False):
   """``sum`` over ``axes`` with ``keepdims``.
+
+  ``narrow=True`` says that ``x`` is computed from a 16-bit input (its exponentials in float32);
+  with ``into_reduction`` and rows longer than :data:`SHORT_ROW` that sum is a dot on a CPU too
+  (:data:`NARROW_DOT_FROM` says why).
 
   Short rows on a CPU: an unrolled chain of adds, which XLA fuses into the elementwise consumers
   of the sum (softmax's division). Where the consumer is itself a reduction (a loss summed over
@@ -160,6 +190,9 @@ def row_sum(x, axes: int | Sequence[int], *, into_reduction: bool = False, stats
   """
   axis = _axis(x, axes, stats)
   plain = lambda v: jnp.sum(v, axis=axes, keepdims=True)  # noqa: E731
+  wide = _narrow_dot_axis(x, axes) if narrow and into_reduction else None
+  if wide is not None:
+    return lax.platform_dependent(x, cpu=lambda v: _dot_sum(v, wide), default=plain)
   one = _one_long_row(x, axes)
   if one is not None:
     return lax.platform_dependent(x, cpu=lambda v: _dot_sum(v, one), default=plain)

@@ -276,6 +276,43 @@ def test_forward_statistics_unroll_up_to_short_stats_and_gradient_sums_up_to_sho
   assert not dots(n - 1, rows.SHORT_STATS)
 
 
+def test_a_16_bit_losss_row_sums_are_a_dot_that_takes_the_conversion_pass_away():
+  """cross_entropy's 16-bit forward on a CPU: from rows.NARROW_DOT_FROM elements and rows longer
+  than rows.SHORT_ROW, the sum of exponentials is a dot, so no kernel of the compiled program is
+  the input's lone conversion to float32 (optax's is; benchmarks/NOTES.md, seventeenth pass), and
+  its temporary memory is optax's plus one row vector and the dot's column of ones. Float32
+  inputs, shorter rows and smaller inputs keep the sum."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the dot is chosen for a CPU only")
+  import jaxsoftmax  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+
+  def compiled(f, n, c, dtype):
+    x = jax.ShapeDtypeStruct((n, c), dtype)
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+    return jax.jit(f).lower(x, labels).compile()
+
+  ours = lambda x, t: jaxsoftmax.cross_entropy(x, t)  # noqa: E731
+  peer = lambda x, t: optax.softmax_cross_entropy_with_integer_labels(x, t).mean()  # noqa: E731
+
+  def converts_apart(program) -> bool:
+    return re.search(r"wrapped_convert[.\d]* = f32\[\d+,\d+\]", program.as_text()) is not None
+
+  c = 128
+  n = rows.NARROW_DOT_FROM // c
+  assert converts_apart(compiled(peer, n, c, jnp.bfloat16))
+  for n_, c_, dtype, dot in [(n, c, jnp.bfloat16, True), (n - 1, c, jnp.bfloat16, False),
+                             (n, c, jnp.float32, False), (n * 64, rows.SHORT_ROW, jnp.bfloat16,
+                                                          False)]:
+    program = compiled(ours, n_, c_, dtype)
+    assert (" dot(" in program.as_text()) == dot, (n_, c_, dtype)
+    assert not converts_apart(program) or not dot
+  for n_, c_ in [(64, 128), (4096, 128), (16, 32768)]:
+    temp = {name: compiled(f, n_, c_, jnp.bfloat16).memory_analysis().temp_size_in_bytes
+            for name, f in (("ours", ours), ("peer", peer))}
+    assert temp["ours"] <= temp["peer"] + 4 * (n_ + c_), (n_, c_, temp)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_log_softmax_reads_its_short_row_max_once_and_keeps_torch_order(dtype):
   """The output loop of a short-row log_softmax reads the row max as a vector (rows.max_once)
