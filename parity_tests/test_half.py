@@ -51,3 +51,29 @@ def test_never_less_accurate_than_torch_half_kernels(name, np_dtype, torch_dtype
   assert our_fwd.max() <= their_fwd.max() + tie
   assert our_bwd.max() <= their_bwd.max() + tie
   assert np.median(our_bwd) <= 0.501  # a float32 gradient rounded once
+
+
+@pytest.mark.parametrize("np_dtype, torch_dtype", DTYPES, ids=["float16", "bfloat16"])
+def test_a_half_cross_entropy_summed_by_a_dot_is_correctly_rounded(np_dtype, torch_dtype):
+  """cross_entropy's 16-bit forward sums its rows with a dot on a CPU from rows.NARROW_DOT_FROM
+  elements (rows over rows.SHORT_ROW classes): its losses, each and their mean, are the float64
+  answer rounded once, and never further from it than torch's own half kernels."""
+  from jaxsoftmax._src import rows  # noqa: PLC0415
+
+  rng = np.random.default_rng(1)
+  n, c = 64, 128
+  assert n * c >= rows.NARROW_DOT_FROM and c > rows.SHORT_ROW
+  x = (rng.standard_normal((n, c)) * 3).astype(np_dtype)
+  labels = rng.integers(0, c, n)
+  t_labels = torch.from_numpy(labels)
+  for reduction in ("none", "mean"):
+    exact = torch.nn.functional.cross_entropy(torch.from_numpy(x.astype(np.float64)), t_labels,
+                                              reduction=reduction).numpy()
+    theirs = torch.nn.functional.cross_entropy(
+        torch.from_numpy(x.astype(np.float32)).to(torch_dtype), t_labels, reduction=reduction)
+    ours = jaxsoftmax.cross_entropy(jnp.asarray(x), jnp.asarray(labels, jnp.int32),
+                                    reduction=reduction)
+    our_err = _ulps(np.asarray(ours), exact, np_dtype)
+    their_err = _ulps(theirs.double().numpy(), exact, np_dtype)
+    assert our_err.max() <= 0.501, reduction
+    assert our_err.max() <= their_err.max() + 0.01, reduction

@@ -86,8 +86,9 @@ def _ce_labels_xla_fwd(x, labels, weight, axis, opts):
   x_y = xent.gather(xc, labels, num_classes, axis)
   if weight is None:
     # w_y is 1 where kept, or NaN for a label out of range: the NaN goes into x_y, in the gather's
-    # loop, and the loss is -lsm_y, the same values with no row-sized w_y array (the bfloat16
-    # forward's temporary memory is then optax's; the dot's row sums took w_y's place).
+    # loop, and the loss is -lsm_y, the same values with no row-sized w_y array (which keeps the
+    # 16-bit forward's temporary memory within one row vector and rows.row_sum's column of ones
+    # of optax's: rows.NARROW_DOT_FROM).
     x_y = jnp.where(xent.in_range(labels, num_classes), x_y, jnp.nan)
   lsm_y = (x_y - jnp.squeeze(m, axis)) - jnp.squeeze(jnp.log(total), axis)
   losses = -lsm_y if weight is None else -w_y * lsm_y
