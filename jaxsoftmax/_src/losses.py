@@ -40,8 +40,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
-from jaxsoftmax._src.rows import (rebuilt_apart, rebuilt_output_loop, round_once, row_max_of,
-                                 row_sum)
+from jaxsoftmax._src.rows import (fenced_on_cpu, rebuilt_apart, rebuilt_output_loop, round_once,
+                                 row_max_of, row_sum)
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
@@ -320,7 +320,13 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   if weight is not None:
     wt = wt * xent.weight_along(weight, x.ndim, axis, ct)
   # As torch: -(lsm * t * w).sum(), so a zero target on a -inf logit gives NaN (0 * inf).
-  losses = jnp.squeeze(row_sum(wt * xent.neg_log_softmax(xc, m, total), axis,
+  # A float32 x's e is the residual. With the loss's x - m and that e formed from fenced operands
+  # of their own (each fence over its own list), a large fwd+bwd program forms x - m and exp in
+  # the fusion that uses them, not once in a temporary for three fusions to read ((65536, 128):
+  # 32.25 MiB of optax's and our temporary memory -> 0.5 MiB; rows.FENCE_FROM_BYTES).
+  nbytes = x.size * jnp.dtype(ct).itemsize if x.dtype == ct else 0
+  xl, ml = fenced_on_cpu(xc, m, nbytes=nbytes)
+  losses = jnp.squeeze(row_sum(wt * xent.neg_log_softmax(xl, ml, total), axis,
                                into_reduction=True, stats=True), axis)
   n_rows = jnp.asarray(x.size // num_classes if num_classes else 0, ct)
   lse = jnp.squeeze(m, axis) + jnp.squeeze(jnp.log(total), axis)
@@ -337,6 +343,8 @@ def _ce_probs_fwd(x, targets, weight, axis, label_smoothing, reduction, z_loss, 
   # twelfth pass).
   aux = (lse, jnp.argmax(xc, axis=axis).astype(jnp.int32))
   keep_x = perturbed is None or perturbed[1] or (weight is not None and perturbed[2])
+  xe, me, _ = fenced_on_cpu(xc, m, total, nbytes=nbytes)
+  e = jnp.exp(xe - me)  # the same values as above (merged with them where not fenced)
   # For a large 16-bit x, x itself stands in for e (_exps_of): 2 bytes per element, as optax's.
   return (out, aux), (x if keep_x else xent.absent(x), _stand_in(x, e), targets, weight,
                       jnp.concatenate([m, total], axis=axis))

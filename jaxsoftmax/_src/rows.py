@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["CPU_LOOP_BELOW_ROWS", "GPU_APART_FROM", "LONG_ROW", "NARROW_DOT_FROM",
-           "ROUND_BITS_FROM", "SHORT_ROW", "SHORT_STATS", "TINY", "max_once", "rebuilt_apart",
-           "rebuilt_output_loop", "round_once", "row_max", "row_max_of", "row_sum", "total_sum"]
+__all__ = ["CPU_LOOP_BELOW_ROWS", "FENCE_FROM_BYTES", "GPU_APART_FROM", "LONG_ROW",
+           "NARROW_DOT_FROM", "ROUND_BITS_FROM", "SHORT_ROW", "SHORT_STATS", "TINY",
+           "fenced_on_cpu", "max_once", "rebuilt_apart", "rebuilt_output_loop", "round_once",
+           "row_max", "row_max_of", "row_sum", "total_sum"]
 
 #: The longest row (in classes) whose sums of gradient terms are unrolled on a CPU. Measured:
 #: rows of 2, 4 and 10 win 1.2-20x; rows of 16 and more lose to the YNNPACK reduction.
@@ -89,6 +90,33 @@ def _narrow_dot_axis(x, axes) -> int | None:
     return None
   axis = axes[0] % x.ndim
   return axis if x.shape[axis] > SHORT_ROW else None
+
+
+#: On a CPU, a float32 array of this many bytes or more that several fusions compute from the same
+#: input is formed by each of them from its own fenced copy of the operands (:func:`fenced_on_cpu`)
+#: rather than written once to a temporary they all read. Soft-target cross_entropy float32
+#: fwd+bwd, optax / jaxsoftmax in rounds of benchmarks/cell_rounds.py, shared -> fenced: (65536,
+#: 128) (32 MiB) 0.87-1.10 -> 1.26-1.50, (1024, 32768) 0.99-1.02 -> 1.24-1.32; forward alone
+#: (1024, 32768) 1.00-1.04 -> 1.73-1.88. Below, recomputing cost more than the temporary saved:
+#: (4096, 128) 0.96-0.99 -> 0.92-0.95, (256, 128) 1.00 -> 0.85, (65536, 10) 1.08 -> 0.88; the
+#: forward alone at (64, 32768) (8 MiB) 0.98 -> 0.95 (benchmarks/NOTES.md, eighteenth pass).
+FENCE_FROM_BYTES = 32 << 20
+
+
+def fenced_on_cpu(*values, nbytes: int):
+  """``values`` behind ``lax.optimization_barrier`` on a CPU where the array computed from them
+  holds ``nbytes >=`` :data:`FENCE_FROM_BYTES`; elsewhere as given.
+
+  XLA merges equal expressions (``x - m``, ``exp(x - m)``) that a loss, a row sum and a backward
+  each form, and XLA:CPU's YNNPACK fusions have one output each, so the merged value is written
+  to a temporary that each fusion reads again. Behind a fence the expressions differ, and each
+  fusion forms its own from ``x``: no temporary. Two fences over the same operands are merged
+  too, so callers give each use its own operand list. Off a CPU XLA's multi-output fusions share
+  the value in registers: unfenced (GPU and TPU unmeasured)."""
+  if nbytes < FENCE_FROM_BYTES:
+    return values
+  fenced = lambda *k: lax.optimization_barrier(k)
+  return lax.platform_dependent(*values, cpu=fenced, default=lambda *k: k)
 
 
 def _unrolled(x, axis: int, combine):

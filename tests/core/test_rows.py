@@ -313,6 +313,33 @@ def test_a_16_bit_losss_row_sums_are_a_dot_that_takes_the_conversion_pass_away()
     assert temp["ours"] <= temp["peer"] + 4 * (n_ + c_), (n_, c_, temp)
 
 
+def test_a_large_soft_target_loss_forms_its_exponentials_in_each_fusion_not_in_a_temporary():
+  """Soft-target cross_entropy float32 fwd+bwd on a CPU: from rows.FENCE_FROM_BYTES, the loss's
+  x - m and the backward's exp(x - m) are formed from fenced operands (rows.fenced_on_cpu), so the
+  compiled program holds no logits-sized temporary (optax's holds two: x - m and its exp, 32 MiB
+  each at (65536, 128), one live at a time); below, the program is the unfenced one. Compiled,
+  not run."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the fence is chosen for a CPU only")
+  import jaxsoftmax  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+
+  def temp(f, n, c):
+    x = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    step = jax.jit(jax.value_and_grad(f))
+    return step.lower(x, x).compile().memory_analysis().temp_size_in_bytes
+
+  ours = lambda x, t: jaxsoftmax.cross_entropy(x, t)  # noqa: E731
+  peer = lambda x, t: optax.softmax_cross_entropy(x, t).mean()  # noqa: E731
+  c = 128
+  n = rows.FENCE_FROM_BYTES // (4 * c)
+  logits_bytes = 4 * n * c
+  assert temp(peer, n, c) >= logits_bytes
+  assert temp(ours, n, c) < logits_bytes // 16
+  # One row fewer: the shared temporary, as optax's.
+  assert temp(ours, n - 1, c) >= 4 * (n - 1) * c
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_log_softmax_reads_its_short_row_max_once_and_keeps_torch_order(dtype):
   """The output loop of a short-row log_softmax reads the row max as a vector (rows.max_once)
