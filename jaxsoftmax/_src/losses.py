@@ -40,8 +40,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxsoftmax._src import checks, collectives, dispatch, kernels, xent
-from jaxsoftmax._src.rows import (fenced_on_cpu, rebuilt_apart, rebuilt_output_loop, round_once,
-                                 row_max_of, row_sum)
+from jaxsoftmax._src.rows import (TINY, fenced_on_cpu, rebuilt_apart, rebuilt_output_loop,
+                                 round_once, row_max_of, row_sum)
 from jaxsoftmax._src.errors import ArgumentError, DTypeError
 
 __all__ = ["cross_entropy", "nll_loss", "LossOptions", "ce_row_kernel", "loss_aux", "aux_specs"]
@@ -441,6 +441,16 @@ _SCATTER_BAND = (2**12, 2**17)
 # from about 2900 examples (2 classes, jax 0.10.2), and then the wake-up costs more than the
 # float32 scatter and conversion it saves (bwd (4096, 2): 0.84x of jax.numpy against 1.09x).
 _BITS_BELOW_ROWS = 2048
+# XLA:CPU runs a program on the caller's thread only under 1000 flops (rows.TINY). The 16-bit
+# one-hot select counts about 3.6 flops per element (HloCostAnalysis: the compare, the select and
+# the per-row terms XLA copies into the loop); a float32 scatter and its conversion about one per
+# element and five per example (seven with reduction="none"). Above rows.TINY elements, where
+# the scatter's estimate stays under this, the gradient is the scatter: bfloat16 bwd (64, 10)
+# 2306 -> 963 flops (the jax.numpy idiom's: 837), 0.68-1.07x of the idiom in rounds of
+# benchmarks/cell_rounds.py -> 1.03-1.04x. Where both run on the pool the select is faster
+# ((8, 128): 1.17x against 1.03x), and where both are under, too ((64, 2): 1.22x against 1.04x)
+# (benchmarks/NOTES.md, eighteenth pass).
+_CALLER_THREAD_FLOPS = 1000
 
 
 def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
@@ -459,7 +469,18 @@ def _nll_bwd(axis, ignore_index, reduction, num_classes, res, g):
   # sizes in _SCATTER_BAND (module constant says why), where it is a scatter: of 16-bit patterns
   # (xent.one_per_row) below _BITS_BELOW_ROWS examples, of float32 values and a conversion above.
   zeros = jnp.zeros(shape, ct)
-  if jnp.dtype(dtype) != ct and _SCATTER_BAND[0] <= zeros.size < _SCATTER_BAND[1]:
+  narrow = jnp.dtype(dtype) != ct
+  per_example = 7 if reduction == "none" else 5  # "none": each example's cotangent, converted
+  if narrow and TINY < zeros.size < _CALLER_THREAD_FLOPS - per_example * labels.size:
+    # -w_y * row_g as one select per example where there are no class weights (w_y is 1, NaN for
+    # an out-of-range label, 0 where ignored, and row_g is 0 there): 128 flops fewer at (64, 10).
+    if weight is None:
+      bad = ~xent.in_range(labels, num_classes)
+      vals = jnp.where(bad & kept if ignore_index is not None else bad, jnp.nan, -row_g)
+    else:
+      vals = -w_y * row_g
+    dlog_probs = xent.scatter_add(zeros, labels, vals, num_classes, axis).astype(dtype)
+  elif narrow and _SCATTER_BAND[0] <= zeros.size < _SCATTER_BAND[1]:
     if labels.size < _BITS_BELOW_ROWS:
       dlog_probs = xent.one_per_row(shape, labels, -w_y * row_g, num_classes, axis, dtype)
     else:

@@ -436,6 +436,44 @@ def test_nll_loss_half_gradient_is_the_same_by_select_and_by_scatter(rows, weigh
                                 np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float32))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_index", [None, -1])
+def test_nll_loss_tiny_half_gradient_is_the_selects_values_by_a_scatter(monkeypatch, weighted,
+                                                                       ignore_index):
+  """Above rows.TINY elements, while a float32 scatter keeps the program under XLA:CPU's 1000 flops
+  (losses._CALLER_THREAD_FLOPS), nll_loss's 16-bit gradient is that scatter: the select's values
+  bit for bit, the NaN of an out-of-range label and the zeros of ignored ones included. Each rule
+  is traced afresh through losses._nll_bwd, so no cached trace holds the bound."""
+  from jaxsoftmax._src import losses  # noqa: PLC0415
+
+  n, c = 64, 10
+  rng = np.random.default_rng(n + weighted)
+  labels = rng.integers(0, c, n)
+  labels[::9] = -1  # ignored where ignore_index is -1, out of range otherwise
+  labels[5] = c  # out of range
+  labels = jnp.asarray(labels, jnp.int32)
+  weight = jnp.linspace(0.5, 2.0, c).astype(jnp.bfloat16) if weighted else None
+  res = (labels, weight, None, jnp.asarray(37.0, jnp.float32), None)
+
+  def bwd(reduction, g):
+    rule = lambda l, w, g_: losses._nll_bwd(1, ignore_index, reduction, c, (l, w, *res[2:]), g_)
+    program = jax.jit(rule).lower(labels, weight, g).compile()
+    return program(labels, weight, g)[0], program.cost_analysis()["flops"]
+
+  for reduction, g in (("mean", jnp.asarray(1.5, jnp.bfloat16)),
+                       ("none", jnp.asarray(rng.uniform(-2, 2, n), jnp.bfloat16))):
+    scatter, flops = bwd(reduction, g)
+    monkeypatch.setattr(losses, "_CALLER_THREAD_FLOPS", 0)
+    select, select_flops = bwd(reduction, g)
+    monkeypatch.undo()
+    assert scatter.dtype == select.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(scatter, np.float32), np.asarray(select, np.float32))
+    assert np.isnan(np.asarray(scatter, np.float32)[5]).sum() == 1
+    if not weighted and ignore_index is None:  # per example, "none" costs two flops more
+      want = (lambda f: f < 1000) if reduction == "mean" else (lambda f: f == select_flops)
+      assert want(flops) and select_flops >= 1000, (reduction, flops, select_flops)
+
+
 def test_an_eager_gradient_takes_the_input_as_it_is_without_a_conversion_program():
   """``jnp.asarray`` of a JVP tracer binds a ``convert_element_type`` to its own dtype, and in an
   eager ``jax.grad`` that is a program of its own, compiled per shape and dtype. The inputs of the
