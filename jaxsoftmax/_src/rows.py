@@ -96,8 +96,9 @@ def _narrow_dot_axis(x, axes) -> int | None:
 #: input is formed by each of them from its own fenced copy of the operands (:func:`fenced_on_cpu`)
 #: rather than written once to a temporary they all read. Soft-target cross_entropy float32
 #: fwd+bwd, optax / jaxsoftmax in rounds of benchmarks/cell_rounds.py, shared -> fenced: (65536,
-#: 128) (32 MiB) 0.87-1.10 -> 1.26-1.50, (1024, 32768) 0.99-1.02 -> 1.24-1.32; forward alone
-#: (1024, 32768) 1.00-1.04 -> 1.73-1.88. Below, recomputing cost more than the temporary saved:
+#: 128) (32 MiB) 0.78-1.32 (four processes) -> 1.26-1.50, (1024, 32768) 0.99-1.02 -> 1.24-1.32;
+#: the forward alone
+#: at (1024, 32768) 1.00-1.04 -> 1.73-1.88. Below, recomputing cost more than the temporary saved:
 #: (4096, 128) 0.96-0.99 -> 0.92-0.95, (256, 128) 1.00 -> 0.85, (65536, 10) 1.08 -> 0.88; the
 #: forward alone at (64, 32768) (8 MiB) 0.98 -> 0.95 (benchmarks/NOTES.md, eighteenth pass).
 FENCE_FROM_BYTES = 32 << 20
