@@ -97,10 +97,10 @@ def _narrow_dot_axis(x, axes) -> int | None:
 #: rather than written once to a temporary they all read. Soft-target cross_entropy float32
 #: fwd+bwd, optax / jaxsoftmax in rounds of benchmarks/cell_rounds.py, shared -> fenced: (65536,
 #: 128) (32 MiB) 0.78-1.32 (four processes) -> 1.26-1.50, (1024, 32768) 0.99-1.02 -> 1.24-1.32;
-#: the forward alone
-#: at (1024, 32768) 1.00-1.04 -> 1.73-1.88. Below, recomputing cost more than the temporary saved:
-#: (4096, 128) 0.96-0.99 -> 0.92-0.95, (256, 128) 1.00 -> 0.85, (65536, 10) 1.08 -> 0.88; the
-#: forward alone at (64, 32768) (8 MiB) 0.98 -> 0.95 (benchmarks/NOTES.md, eighteenth pass).
+#: the forward alone at (1024, 32768) 1.00-1.04 -> 1.73-1.88. Below, recomputing cost more than
+#: the temporary saved: (4096, 128) 0.96-0.99 -> 0.92-0.95, (256, 128) 1.00 -> 0.85, (65536, 10)
+#: 1.08 -> 0.88; the forward alone at (64, 32768) (8 MiB) 0.98 -> 0.95 (benchmarks/NOTES.md,
+#: eighteenth pass).
 FENCE_FROM_BYTES = 32 << 20
 
 
@@ -112,8 +112,8 @@ def fenced_on_cpu(*values, nbytes: int):
   each form, and XLA:CPU's YNNPACK fusions have one output each, so the merged value is written
   to a temporary that each fusion reads again. Behind a fence the expressions differ, and each
   fusion forms its own from ``x``: no temporary. Two fences over the same operands are merged
-  too, so callers give each use its own operand list. Off a CPU XLA's multi-output fusions share
-  the value in registers: unfenced (GPU and TPU unmeasured)."""
+  too, so callers give each use its own operand list. Off a CPU, where XLA has multi-output
+  fusions, nothing is fenced (GPU and TPU unmeasured)."""
   if nbytes < FENCE_FROM_BYTES:
     return values
   fenced = lambda *k: lax.optimization_barrier(k)
