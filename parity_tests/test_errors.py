@@ -183,6 +183,14 @@ def test_all_ignored_and_empty_follow_torch():
   assert np.isnan(np.asarray(F.cross_entropy(X, ignored)))
   assert np.isnan(tF.cross_entropy(t(X), t(ignored)).item())
   assert float(F.cross_entropy(X, ignored, reduction="sum")) == 0.0
+  # nll_loss negates its sum, not each term: an ignored example's loss is still +0, as torch's.
+  log_probs = tF.log_softmax(t(X), 1)
+  some_ignored = np.array([-100, 1, -100])
+  for labels, reduction in ((ignored, "sum"), (some_ignored, "none"), (some_ignored, "sum")):
+    ours = np.asarray(F.nll_loss(log_probs.numpy(), labels, reduction=reduction))
+    theirs = tF.nll_loss(log_probs, t(labels), reduction=reduction).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(np.signbit(ours), np.signbit(theirs))
   grads = jax.grad(lambda x: F.cross_entropy(x, ignored))(X)
   x_t = t(X).requires_grad_()
   tF.cross_entropy(x_t, t(ignored)).backward()

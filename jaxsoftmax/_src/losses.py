@@ -414,11 +414,11 @@ def _nll_fwd(log_probs, labels, weight, axis, ignore_index, reduction, num_class
     # product went into the batch sum's YNNPACK fusion as a third kernel (0.8x of the JAX idiom
     # at (65536, 10)). Same values: w_y is 1, or NaN for a label out of range.
     in_range = xent.in_range(labels, num_classes)
-    losses = jnp.where(kept, jnp.where(in_range, -picked, jnp.nan), 0.0)
+    terms = jnp.where(kept, jnp.where(in_range, picked, jnp.nan), 0.0)
   else:
-    losses = jnp.where(kept, -w_y * picked, 0.0)
+    terms = jnp.where(kept, w_y * picked, 0.0)
   denominator = xent.denominator(w_y, weight, ignore_index)
-  out = xent.reduce(losses, denominator, reduction).astype(log_probs.dtype)
+  out = xent.reduce_negated(terms, denominator, reduction).astype(log_probs.dtype)
   # Residuals: the labels, and the mean's denominator where it is not simply N. The picked
   # log-probabilities and the loss only with class weights (their gradient needs them). Every
   # residual is an argument of the backward's executable: at (64, 128) the two unneeded ones cost
