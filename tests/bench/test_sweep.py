@@ -47,6 +47,7 @@ def test_a_tiny_sweep_times_every_op_against_its_jax_peer_and_draws_heat_maps(tm
   # One further round, not three (the count is the mocked test's below): every op's programs are
   # still built again and reversed, at half the compiles (this test was 85 s of the suite).
   monkeypatch.setattr(sweep, "CONFIRM", 1)
+  monkeypatch.setattr(sweep, "MORE", 1)
   args = ["bench", "--sweep", "--rows", "2", "--cols", "3", "--dtypes", "float32", "bfloat16",
           "--budget", "0.01", "--out", str(tmp_path)]
   assert cli.main(args) == 0
@@ -57,12 +58,15 @@ def test_a_tiny_sweep_times_every_op_against_its_jax_peer_and_draws_heat_maps(tm
                  for mode in ("fwd", "bwd", "fwd+bwd")}
   for r in doc["rows"]:
     assert r["peer"] == sweep.SWEEP_PEER[r["op"]]
-    assert r["reps"] >= 3 and 1 <= len(r["rounds"]) <= 1 + sweep.CONFIRM
+    assert r["reps"] >= 3
     assert r["ratio"] == pytest.approx(statistics.median(r["rounds"]))
-    # A loss or a near-parity win is timed again, always CONFIRM more times; a clear win is not.
+    # A loss or a near-parity win is timed again, CONFIRM more times, and MORE times after that
+    # where those rounds disagree by more than SPREAD; a clear win is not.
     retimed = r["rounds"][0] < sweep.CONFIRM_ABOVE
-    assert len(r["rounds"]) == (1 + sweep.CONFIRM if retimed else 1)
-    assert r["reversed"] == [False, True][:len(r["rounds"])]
+    first = r["rounds"][:1 + sweep.CONFIRM]
+    wide = max(first) - min(first) > sweep.SPREAD
+    assert len(r["rounds"]) == (1 + sweep.CONFIRM + wide * sweep.MORE if retimed else 1)
+    assert r["reversed"] == [i % 2 == 1 for i in range(len(r["rounds"]))]
     if not retimed:
       assert r["ratio"] == pytest.approx(r["peer_ms"] / r["ours_ms"])
   assert doc["summary"]["n"] == len(doc["rows"])
@@ -89,17 +93,45 @@ def test_each_further_round_times_fresh_instances_built_in_turn_half_of_them_rev
   monkeypatch.setattr(sweep, "time_interleaved", timing)
   doc = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2])
   row = doc["rows"][0]
-  assert sweep.CONFIRM == 3 and row["rounds"] == pytest.approx([0.9, 1.8, 1.8, 1.8])
-  assert row["ratio"] == pytest.approx(1.8) and row["reversed"] == [False, True, False, True]
+  # The first four rounds spread by 0.9, more than SPREAD: MORE rounds follow, eight in all.
+  assert (sweep.CONFIRM, sweep.MORE) == (3, 4)
+  assert row["rounds"] == pytest.approx([0.9] + [1.8] * 7) and row["ratio"] == pytest.approx(1.8)
+  assert row["reversed"] == [False, True] * 4
   # Round 1 times the instances built for every mode; each further round builds both anew, for
   # this mode only, in turn the peer first with reversed parameters and jaxsoftmax first without.
-  assert built == [("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False),
-                   ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True),
-                   ("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False),
-                   ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True)]
-  assert [sorted(c.values()) for c in timed] == [
-      [("jax.nn", 2), ("jaxsoftmax", 1)], [("jax.nn", 3), ("jaxsoftmax", 4)],
-      [("jax.nn", 6), ("jaxsoftmax", 5)], [("jax.nn", 7), ("jaxsoftmax", 8)]]
+  assert built == [("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False)] + [
+      ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True),
+      ("jaxsoftmax", ("fwd",), False), ("jax.nn", ("fwd",), False)] * 3 + [
+      ("jax.nn", ("fwd",), True), ("jaxsoftmax", ("fwd",), True)]
+  # Round k > 1 times the (2k + 1)-th and (2k + 2)-th instances built, the peer's first if reversed.
+  expected = [[("jax.nn", 2), ("jaxsoftmax", 1)]]
+  for k in range(1, 8):
+    peer, ours = (2 * k + 1, 2 * k + 2) if k % 2 else (2 * k + 2, 2 * k + 1)
+    expected.append([("jax.nn", peer), ("jaxsoftmax", ours)])
+  assert [sorted(c.values()) for c in timed] == expected
+
+
+@pytest.mark.parametrize("peer_times, rounds", [
+    # Four rounds within SPREAD of each other: the figure is their median, nothing more is timed.
+    ([0.9, 0.93, 0.95, 0.91], 4),
+    # Four rounds spread by 0.1, either side of parity: MORE rounds, whichever side they fall on.
+    ([0.9, 1.0, 0.95, 0.97, 1.0, 1.0, 1.0, 1.0], 8),
+    ([1.1, 1.0, 1.05, 1.03, 1.0, 1.0, 1.0, 1.0], 8)])
+def test_only_rounds_that_disagree_are_timed_more_whichever_side_of_parity(
+    monkeypatch, peer_times, rounds):
+  def setup(op, impl, shape, dtype, modes, reverse=False):
+    return {m: impl for m in modes}, {m: None for m in modes}
+
+  left = list(peer_times)
+
+  def timing(calls, reps, budget_s, min_reps):
+    return {"jaxsoftmax": [1.0] * 3, "jax.nn": [left.pop(0)] * 3}
+
+  monkeypatch.setattr(sweep, "jax_setup", setup)
+  monkeypatch.setattr(sweep, "time_interleaved", timing)
+  row = sweep.run(["softmax"], ["float32"], ["fwd"], rows=[1], cols=[2])["rows"][0]
+  assert row["rounds"] == pytest.approx(peer_times[:rounds]) and not left
+  assert row["ratio"] == pytest.approx(statistics.median(peer_times))
 
 
 def test_a_sweep_stopped_midway_leaves_the_rows_it_timed_and_they_can_be_drawn(
