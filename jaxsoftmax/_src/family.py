@@ -166,8 +166,8 @@ def _softmax_xla_bwd(axes, temperature, negate, res, g):
   gc = _keep(where, g.astype(y.dtype))
   if negate:
     # softmin: -(y (g - sum g y)) as y (sum g y - g), the same values with one operation less
-    # per element in the backward's YNNPACK fusion (fwd+bwd float32 (64, 128) 0.95-0.98x of
-    # jax.nn with the negation; benchmarks/NOTES.md, nineteenth pass).
+    # per element in the backward's YNNPACK fusion (fwd+bwd float32 (64, 128) 0.97x of jax.nn
+    # with the negation, 0.98-1.00x without; benchmarks/NOTES.md, nineteenth pass).
     dx = y * (row_sum(gc * y, axes) - gc)
   else:
     dx = y * (gc - row_sum(gc * y, axes))

@@ -199,18 +199,6 @@ def reduce(losses, denominator, reduction):
   return total if reduction == "sum" else total / denominator
 
 
-def reduce_negated(terms, denominator, reduction):
-  """:func:`reduce` of ``-terms``, the sum negated rather than each term: the same values
-  (negation is exact), one negation in place of one per example. nll_loss's forward at
-  (4096, 2) ran 0.97x of the jax.numpy idiom with the negation in the gather's loop and 1.0x
-  with it after the sum, as the idiom does (benchmarks/NOTES.md, nineteenth pass). ``0 - v``,
-  not ``-v``, so an ignored example's loss and an empty sum stay +0, as torch's."""
-  if reduction == "none":
-    return 0.0 - terms
-  total = 0.0 - rows.total_sum(terms)
-  return total if reduction == "sum" else total / denominator
-
-
 def row_cotangent(g, losses_shape, denominator, reduction):
   """``d L / d l_n`` for each example: g (none), g (sum) or g / denominator (mean), broadcast."""
   if reduction == "none":
